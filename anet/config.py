@@ -1,0 +1,290 @@
+"""One typed, frozen experiment config.
+
+A config is read from a YAML profile in ``configs/`` and then changed by dotted ``key=value``
+overrides, exactly as a user types them on the command line::
+
+    from anet.config import load_config
+    cfg = load_config("synthetic", ["loss.lambda_a=0.5", "stage_one.epochs=3"])
+    cfg.loss.lambda_a            # 0.5
+    cfg.to_json()                # the JSON string a pipeline parameter carries
+    ExperimentConfig.from_json(cfg.to_json()) == cfg   # True
+
+Unknown keys fail loudly and name the closest valid key; values are range-checked. Nothing
+writes back into a config at run time: values derived from the data (number of identities,
+attribute class counts) are passed to builders as arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+DatasetName = Literal["synthetic", "veri776", "veriwild", "vehicleid"]
+Feature = Literal["f", "fa", "j"]
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or an override: the message is one readable line."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class SyntheticCfg(_Frozen):
+    """Knobs of the built-in procedural vehicle dataset (anet.data.synthetic)."""
+
+    train_ids: int = Field(120, ge=2)
+    test_ids: int = Field(60, ge=2)
+    images_per_id: int = Field(12, ge=2)
+    cameras: int = Field(6, ge=2)
+    image_size: int = Field(96, ge=32, le=1024)
+    difficulty: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class DataCfg(_Frozen):
+    """Where the images come from and how batches are formed."""
+
+    dataset: DatasetName = "synthetic"
+    root: str = "data"
+    attributes: tuple[str, ...] = ("color", "type")
+    image_size: tuple[int, int] = (128, 128)
+    p_ids: int = Field(16, ge=2)
+    k_imgs: int = Field(4, ge=2)
+    cache_dir: str = ".cache/anet"
+    quarantine_max_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    synthetic: SyntheticCfg = SyntheticCfg()
+
+
+class AugmentCfg(_Frozen):
+    """Batch augmentation run on the training device (paper section 4.2)."""
+
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    zoom_p: float = Field(0.5, ge=0.0, le=1.0)
+    zoom_max: float = Field(1.25, ge=1.0, le=2.0)
+    erase_p: float = Field(0.5, ge=0.0, le=1.0)
+    erase_area: tuple[float, float] = (0.02, 0.4)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class ModelCfg(_Frozen):
+    """Architecture: which paper variant, which backbone."""
+
+    variant: Literal["baseline", "van", "anet", "anet_att"] = "anet"
+    depth: Literal[18, 34, 50, 101] = 50
+    ibn: bool = True
+    last_stride: Literal[1, 2] = 1
+    attr_branch: Literal["att", "fc"] = "att"
+    se_reduction: int = Field(16, ge=1)
+    s_f: int = Field(512, ge=8)
+    s_a: int = Field(128, ge=8)
+    s_j: int = Field(512, ge=8)
+    pretrained: str | None = None
+
+
+class LossCfg(_Frozen):
+    """Loss weights and shapes (eqs. 4, 9, 10, 13)."""
+
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    triplet_margin: float = Field(0.3, ge=0.0)
+    soft_margin: bool = False
+    lambda_a: float = Field(1.0, ge=0.0)
+    lambda_g: float = Field(1.0, ge=0.0)
+    lambda_van: float = Field(1.0, ge=0.0)
+
+
+class StageCfg(_Frozen):
+    """Everything that differs between stage one (L) and stage two (L' with AC)."""
+
+    name: str
+    epochs: int = Field(ge=0)
+    lr: float = Field(6e-4, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    amsgrad: bool = True
+    milestones: tuple[int, ...] = ()
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+    freeze_f: bool = False
+    amelioration: bool = False
+    checkpoint_every: int = Field(1, ge=1)
+    eval_every: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _milestones_sorted(self) -> StageCfg:
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
+        return self
+
+
+class EvalCfg(_Frozen):
+    """Retrieval evaluation settings."""
+
+    feature: Feature = "j"
+    flip: bool = False
+    batch_size: int = Field(128, ge=1)
+    max_rank: int = Field(50, ge=1)
+    block_size: int = Field(1024, ge=1)
+    vehicleid_trials: int = Field(10, ge=1)
+    vehicleid_sets: tuple[str, ...] = ("800", "1600", "2400")
+    veriwild_sets: tuple[str, ...] = ("small", "medium", "large")
+
+
+class RuntimeCfg(_Frozen):
+    """How and where to run; none of this changes the maths."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    channels_last: bool = True
+    deterministic: bool = False
+    num_threads: int = Field(0, ge=0)
+
+
+class RegistryCfg(_Frozen):
+    """What promotion and sweeps compare."""
+
+    primary_metric: str = "eval/test/mAP"
+    promotion_margin: float = Field(0.0, ge=0.0)
+
+
+class ExperimentConfig(_Frozen):
+    """The whole experiment. Load with :func:`load_config`."""
+
+    name: str = "anet"
+    data: DataCfg = DataCfg()
+    augment: AugmentCfg = AugmentCfg()
+    model: ModelCfg = ModelCfg()
+    loss: LossCfg = LossCfg()
+    stage_one: StageCfg = StageCfg(name="stage_one", epochs=150, milestones=(60, 120))
+    stage_two: StageCfg = StageCfg(
+        name="stage_two", epochs=60, lr=6e-7, freeze_f=True, amelioration=True
+    )
+    eval: EvalCfg = EvalCfg()
+    runtime: RuntimeCfg = RuntimeCfg()
+    registry: RegistryCfg = RegistryCfg()
+
+    def to_json(self) -> str:
+        """Serialise to the JSON string that pipeline parameters and MLflow params carry."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        """Inverse of :meth:`to_json`; validates again."""
+        return _validate(json.loads(text), source="<json>")
+
+    def digest(self) -> str:
+        """Short stable hash of the resolved config (checkpoints record it)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def profile_path(profile: str) -> Path:
+    """Resolve a profile name (``smoke``) or a path to a YAML file."""
+    candidate = Path(profile)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        return candidate
+    return CONFIG_DIR / f"{profile}.yaml"
+
+
+def load_config(profile: str = "synthetic", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a YAML profile, apply dotted ``key=value`` overrides, validate.
+
+    Example:
+        >>> cfg = load_config("smoke", ["loss.lambda_g=2"])
+        >>> cfg.loss.lambda_g
+        2.0
+    """
+    path = profile_path(profile)
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"{path}: no such config profile; known profiles: {', '.join(known)}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides:
+        apply_override(raw, item)
+    return _validate(raw, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override to a raw dict (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.lambda_a=0.5")
+    parts = key.strip().split(".")
+    _check_path(parts)
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _check_path(parts: list[str]) -> None:
+    """Reject unknown dotted keys early, naming the closest valid key."""
+    model: type[BaseModel] | None = ExperimentConfig
+    for depth, part in enumerate(parts):
+        if model is None:
+            raise ConfigError(f"unknown key {'.'.join(parts)!r}: {'.'.join(parts[:depth])} has no sub-keys")
+        fields = model.model_fields
+        if part not in fields:
+            prefix = ".".join(parts[:depth])
+            raise ConfigError(_unknown_key_message(prefix, part, list(fields)))
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _unknown_key_message(prefix: str, key: str, valid: list[str]) -> str:
+    full = f"{prefix}.{key}" if prefix else key
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+    return f"unknown config key {full!r}{hint} (valid here: {', '.join(valid)})"
+
+
+def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            lines.append(_unknown_key_message(".".join(loc[:-1]), loc[-1], list(model.model_fields)))
+        else:
+            value = err.get("input")
+            lines.append(f"{'.'.join(loc)}: {err['msg']} (got {value!r})")
+    return f"{source}: " + "; ".join(lines)
+
+
+def _model_at(path: list[str]) -> type[BaseModel]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return model
