@@ -1,0 +1,165 @@
+"""Readers of the real on-disk dataset layouts; each returns a :class:`~anet.data.manifest.Manifest`.
+
+Example::
+
+    from anet.data.readers import read_dataset
+    manifest = read_dataset("veriwild", "data/veriwild")     # or "veri776", "vehicleid"
+
+Every problem a user can fix is one :class:`~anet.errors.UserError` line: ``file:line: what is wrong``
+for malformed lines, the count and a few samples for listed-but-missing images, and the files that
+were looked for when the root is not the expected layout.
+
+The helpers below are shared by the three reader modules (which import them from this package).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from anet.data.manifest import Manifest
+from anet.errors import UserError
+
+# Files (and folders, with a trailing "/") whose presence identifies each layout.
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    "veri776": ("name_train.txt", "train_label.xml", "image_train/"),
+    "veriwild": ("train_test_split/vehicle_info.txt", "train_test_split/train_list.txt", "images/"),
+    "vehicleid": ("train_test_split/train_list.txt", "attribute/", "image/"),
+}
+TITLES = {"veri776": "VeRi-776", "veriwild": "VeRi-Wild", "vehicleid": "VehicleID"}
+
+
+def read_dataset(name: str, root: str | os.PathLike[str]) -> Manifest:
+    """Parse the dataset ``name`` found at ``root`` into a manifest.
+
+    Example:
+        >>> manifest = read_dataset("veri776", "data/veri776")   # doctest: +SKIP
+        >>> manifest.summary()                                    # doctest: +SKIP
+    """
+    match name:
+        case "veri776":
+            from anet.data.readers.veri776 import read_veri776
+
+            return read_veri776(root)
+        case "veriwild":
+            from anet.data.readers.veriwild import read_veriwild
+
+            return read_veriwild(root)
+        case "vehicleid":
+            from anet.data.readers.vehicleid import read_vehicleid
+
+            return read_vehicleid(root)
+        case _:
+            raise UserError(f"unknown dataset {name!r}; readers exist for {', '.join(SIGNATURES)} "
+                            "(the synthetic set is generated with `anet data synth`)")
+
+
+def _present(root: Path, entry: str) -> bool:
+    path = root / entry.rstrip("/")
+    return path.is_dir() if entry.endswith("/") else path.is_file()
+
+
+def check_root(root: Path, dataset: str) -> None:
+    """Fail with one line unless ``root`` holds the signature files of ``dataset``'s layout."""
+    expected = SIGNATURES[dataset]
+    wanted = f"a {TITLES[dataset]} root with {', '.join(expected)}"
+    if not root.is_dir():
+        problem = "not a directory" if root.exists() else "no such directory"
+        raise UserError(f"{root}: {problem}; expected {wanted}")
+    missing = [entry for entry in expected if not _present(root, entry)]
+    if not missing:
+        return
+    hint = ""
+    others = [d for d, sig in SIGNATURES.items() if d != dataset and all(_present(root, e) for e in sig)]
+    if others:
+        hint = f"; it looks like a {TITLES[others[0]]} root: use dataset `{others[0]}`"
+    else:
+        children = sorted(p for p in root.iterdir() if p.is_dir())[:100]  # a dataset folder one level down?
+        nested = [p for p in children if all(_present(p, e) for e in expected)]
+        if nested:
+            hint = f"; did you mean {nested[0]}?"
+    raise UserError(f"{root}: not {wanted} (missing {', '.join(missing)}){hint}")
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return ``path`` or fail with one line saying which file is missing and what it holds."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing ({what}); re-extract the archive or check the root")
+    return path
+
+
+def line_error(path: Path, lineno: int, what: str) -> UserError:
+    """The ``file:line: what is wrong`` error for a malformed line."""
+    return UserError(f"{path}:{lineno}: {what}")
+
+
+def read_text(path: Path, encodings: tuple[str, ...] = ("utf-8-sig",)) -> str:
+    """Decode a text file with the first encoding that works; fail with one line otherwise."""
+    data = path.read_bytes()
+    for encoding in encodings:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise UserError(f"{path}: not {' or '.join(encodings)} text; re-extract the archive")
+
+
+def iter_lines(path: Path, encodings: tuple[str, ...] = ("utf-8-sig",)) -> Iterator[tuple[int, str]]:
+    """Yield ``(1-based line number, stripped line)`` for the non-blank lines; CRLF and CR are handled."""
+    for lineno, line in enumerate(read_text(path, encodings).splitlines(), start=1):
+        stripped = line.strip()
+        if stripped:
+            yield lineno, stripped
+
+
+def read_id_names(path: Path, name_first: bool, encodings: tuple[str, ...] = ("utf-8-sig",)) -> list[str]:
+    """Parse a class-name table into a list indexed by class id.
+
+    ``name_first=False``: ``5 red`` (VeRi, ids 1-based, split on the first space).
+    ``name_first=True``: ``<name> 117`` (VehicleID, ids 0-based, split on the LAST space, since names
+    contain spaces). Ids must be contiguous.
+    """
+    table: dict[int, str] = {}
+    for lineno, line in iter_lines(path, encodings):
+        if name_first:
+            name, _, number = line.rpartition(" ")
+        else:
+            number, _, name = line.partition(" ")
+        name, number = name.strip(), number.strip()
+        if not name or not number.lstrip("-").isdigit():
+            shape = "'<name> <id>'" if name_first else "'<id> <name>'"
+            raise line_error(path, lineno, f"expected {shape}, got {line!r}")
+        table[int(number)] = name
+    base = 0 if name_first else 1
+    ids = sorted(table)
+    if ids != list(range(base, base + len(ids))):
+        raise UserError(f"{path}: class ids must run {base}..{base + len(ids) - 1} without gaps, got {ids[:8]}...")
+    return [table[i] for i in ids]
+
+
+def check_images(root: Path, list_file: Path, image_dir: str, names: Iterable[str],
+                 listing: dict[str, set[str]] | None = None) -> None:
+    """Fail with one line if images named by ``list_file`` are absent under ``root / image_dir``.
+
+    ``names`` are paths relative to ``image_dir`` (``a.jpg`` or ``00001/000004.jpg``). Each folder is
+    listed once (pass the same ``listing`` dict for several lists), which is much faster than one
+    ``stat`` per image on a network disk.
+    """
+    listing = {} if listing is None else listing
+    base_dir = os.path.join(root, image_dir)
+    missing: list[str] = []
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        directory = os.path.join(base_dir, folder) if folder else base_dir
+        if directory not in listing:
+            try:
+                listing[directory] = set(os.listdir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                listing[directory] = set()
+        if base not in listing[directory]:
+            missing.append(name)
+    if missing:
+        noun = "image is" if len(missing) == 1 else "images are"
+        raise UserError(f"{list_file}: {len(missing)} listed {noun} missing under {image_dir}/ "
+                        f"(e.g. {', '.join(missing[:3])}); re-extract the archive or check the root")
