@@ -1,0 +1,1 @@
+"""Datasets: readers -> manifest, synthetic data, prepared cache, PK sampler, batches, augmentation."""

@@ -1,0 +1,286 @@
+"""Prepared dataset cache: every image checked once, resized once, read later without JPEG decoding.
+
+``prepare_dataset`` turns a :class:`~anet.data.manifest.Manifest` into a directory::
+
+    <cache_root>/<dataset>-<h>x<w>-<fingerprint[:16]>/
+        images.npy        uint8 N x H x W x 3 (one row per UNIQUE image path; opened as a memmap)
+        manifest.parquet  the manifest without quarantined rows, plus column ``cache_index``
+        quarantine.csv    path, reason (every image that was excluded; the limit is checked on every call)
+        meta.json         fingerprint, image size, counts
+        COMPLETE          written last; a directory without it is never used
+
+The fingerprint is sha256 over the manifest content, the sha256 of every image file and the
+target size. Each file is read once: hashed and decoded from the same bytes. So that a rerun does
+not have to read every file again, ``<cache_root>/.memo/<key>`` maps a quick key (manifest hash +
+size, mtime and inode of every file, as git's index does) to the cache directory: a rerun on
+unchanged files returns the cache after one ``stat`` per file, without reading or decoding. When
+the quick key misses but the content is the same (files touched or copied), the images are
+decoded once more and the existing directory is kept. The directory is built under a temporary
+name and renamed into place after the ``COMPLETE`` marker is written, so a killed prepare never
+leaves a cache that looks valid.
+
+Rows of quarantined images stay zero in ``images.npy``; no manifest row points at them.
+
+Example:
+    >>> prepared = prepare_dataset(manifest, Path(".cache/anet"), (128, 128), 0.01, progress=True)
+    >>> prepared = PreparedDataset.open(prepared.cache_dir)     # what later steps do
+    >>> prepared.images[prepared.train_rows()["cache_index"].to_numpy()[:4]].shape
+    (4, 128, 128, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from anet.data.manifest import Manifest
+from anet.errors import UserError
+from anet.io import atomic_write_text
+
+COMPLETE = "COMPLETE"
+WORKERS = 2  # Pillow releases the GIL in decode and resize, so threads use both cores
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A complete prepared cache directory, opened read-only."""
+
+    cache_dir: Path
+    fingerprint: str
+    manifest: Manifest  # quarantined rows removed; column cache_index = row in ``images``
+    images: np.ndarray  # uint8 N x H x W x 3, memmap
+    quarantine: pd.DataFrame  # columns path, reason
+
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike[str]) -> PreparedDataset:
+        """Open a cache directory written by :func:`prepare_dataset`; refuses incomplete ones."""
+        cache_dir = Path(cache_dir)
+        if not (cache_dir / COMPLETE).is_file():
+            raise UserError(
+                f"{cache_dir}: not a complete prepared cache (no {COMPLETE} marker: missing, or a prepare "
+                "was interrupted); run the prepare step again"
+            )
+        meta = json.loads((cache_dir / "meta.json").read_text())
+        images = np.load(cache_dir / "images.npy", mmap_mode="r")
+        quarantine = pd.read_csv(cache_dir / "quarantine.csv", dtype=str, keep_default_na=False)
+        manifest = Manifest.load(cache_dir / "manifest.parquet")
+        return cls(cache_dir, meta["fingerprint"], manifest, images, quarantine)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(h, w) of the cached images."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """Attribute names of the dataset (vocabulary keys), e.g. ("color", "type")."""
+        return tuple(self.manifest.vocab)
+
+    def train_rows(self) -> pd.DataFrame:
+        """Rows of the train split, index reset (positions used by the PK sampler)."""
+        return self.rows("train")
+
+    def rows(self, split: str, test_set: str | None = None) -> pd.DataFrame:
+        """Rows of one split (and one test set when given), in manifest order, index reset."""
+        frame = self.manifest.frame
+        mask = frame["split"] == split
+        if test_set is not None:
+            mask &= frame["test_set"] == test_set
+        return frame[mask].reset_index(drop=True)
+
+
+def prepare_dataset(
+    manifest: Manifest,
+    cache_root: str | os.PathLike[str],
+    image_size: tuple[int, int],
+    quarantine_max_fraction: float = 0.01,
+    progress: bool = True,
+) -> PreparedDataset:
+    """Check, resize and cache every image of ``manifest``; reuse the cache when nothing changed.
+
+    Bad images (missing, unreadable, zero bytes, truncated, not an image, mode other than RGB) are
+    excluded and listed in ``quarantine.csv``; more than ``quarantine_max_fraction`` of the unique
+    images quarantined raises a UserError naming the report. Example in the module docstring.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    cache_root = Path(cache_root)
+    paths = sorted(set(manifest.frame["path"]))
+    if not paths:
+        raise UserError(f"{manifest.dataset} manifest (root {manifest.root}) lists no images; nothing to prepare")
+    manifest_hash = _manifest_hash(manifest, (h, w))
+    memo = cache_root / ".memo" / _stat_key(manifest_hash, Path(manifest.root), paths)
+    final = _lookup(memo, cache_root)
+    if final is None:
+        final = _build_and_publish(manifest, paths, manifest_hash, (h, w), cache_root, progress)
+        atomic_write_text(memo, final.name + "\n")
+    prepared = PreparedDataset.open(final)
+    # Published even when too many images are bad: the content is right and the limit is a policy
+    # checked on every call, so a rerun with a higher limit reuses the cache without decoding.
+    _check_quarantine(len(prepared.quarantine), len(paths), quarantine_max_fraction, final / "quarantine.csv")
+    return prepared
+
+
+def _build_and_publish(manifest: Manifest, paths: list[str], manifest_hash: str, size: tuple[int, int],
+                       cache_root: Path, progress: bool) -> Path:
+    """Read, hash and decode every image once into a temp dir; rename it to its fingerprint name."""
+    prefix = f"{manifest.dataset}-{size[0]}x{size[1]}"
+    _remove_dead_temps(cache_root, prefix)
+    tmp = cache_root / f".tmp-{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        digests = _build(manifest, paths, size, tmp, progress)
+        fingerprint = hashlib.sha256((manifest_hash + "\n" + "\n".join(digests)).encode()).hexdigest()
+        final = cache_root / f"{prefix}-{fingerprint[:16]}"
+        if not (final / COMPLETE).is_file():  # else: same content under new mtimes, keep the existing one
+            meta = json.loads((tmp / "meta.json").read_text()) | {"fingerprint": fingerprint}
+            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+            atomic_write_text(tmp / COMPLETE, fingerprint + "\n")
+            _publish(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def decode_resize(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """Decode image bytes and resize to (h, w): (uint8 H x W x 3, "") or (None, quarantine reason)."""
+    h, w = size
+    if not data:
+        return None, "zero bytes"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode != "RGB":
+                return None, f"mode {img.mode}"
+            img.draft("RGB", (w, h))  # JPEG DCT scaling when the image is >= 2x the target
+            img.load()
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8), ""  # H x W x 3
+    except UnidentifiedImageError:
+        return None, "not an image"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        text = str(exc)
+        return None, "truncated" if "truncated" in text.lower() else f"unreadable: {text}"
+
+
+def _manifest_hash(manifest: Manifest, size: tuple[int, int]) -> str:
+    """sha256 over the manifest content (root included: the cached manifest records it) and the size."""
+    frame = manifest.frame[sorted(manifest.frame.columns)]
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"dataset": manifest.dataset, "root": manifest.root, "vocab": manifest.vocab,
+                              "size": list(size), "format": 1}, sort_keys=True).encode())
+    digest.update(frame.to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+def _stat_key(manifest_hash: str, root: Path, paths: list[str]) -> str:
+    """Key of the quick check: manifest hash + (size, mtime, inode) of every file, like git's index."""
+    digest = hashlib.sha256(manifest_hash.encode())
+    for rel in paths:
+        try:
+            st = os.stat(root / rel)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        except OSError:
+            digest.update(f"{rel}\0missing\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _lookup(memo: Path, cache_root: Path) -> Path | None:
+    """The complete cache the memo points at, or None (no memo, or its cache is gone/incomplete)."""
+    try:
+        final = cache_root / memo.read_text().strip()
+    except OSError:
+        return None
+    return final if (final / COMPLETE).is_file() else None
+
+
+def _build(manifest: Manifest, paths: list[str], size: tuple[int, int], tmp: Path, progress: bool) -> list[str]:
+    """Read each file once: hash it and decode + resize the same bytes into ``tmp``. Returns the hashes."""
+    h, w = size
+    root = Path(manifest.root)
+    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(paths), h, w, 3))  # N x H x W x 3
+
+    def one(index: int) -> tuple[str, str]:
+        try:
+            data = (root / paths[index]).read_bytes()
+        except OSError as exc:
+            return "missing", f"unreadable: {exc.strerror or exc}"
+        pixels, reason = decode_resize(data, size)
+        if pixels is not None:
+            images[index] = pixels
+        return hashlib.sha256(data).hexdigest(), reason
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        results = list(_progress(pool.map(one, range(len(paths))), len(paths),
+                                 f"prepare {manifest.dataset} {h}x{w}", progress))
+    images.flush()
+    bad = {p: reason for p, (_, reason) in zip(paths, results, strict=True) if reason}
+    quarantine = pd.DataFrame({"path": list(bad), "reason": list(bad.values())}, columns=["path", "reason"])
+    atomic_write_text(tmp / "quarantine.csv", quarantine.to_csv(index=False))
+    index_of = {p: i for i, p in enumerate(paths)}
+    frame = manifest.frame[~manifest.frame["path"].isin(bad)].reset_index(drop=True)
+    frame["cache_index"] = frame["path"].map(index_of).astype("int64")
+    dataclasses.replace(manifest, frame=frame).save(tmp / "manifest.parquet")
+    meta = {"dataset": manifest.dataset, "image_size": [h, w], "num_images": len(paths),
+            "num_quarantined": len(bad), "num_rows": len(frame)}
+    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+    return [digest for digest, _ in results]
+
+
+def _check_quarantine(bad: int, total: int, limit: float, report: Path) -> None:
+    if total and bad / total > limit:
+        raise UserError(
+            f"{bad} of {total} images ({bad / total:.2%}) are unreadable or invalid, above the limit "
+            f"data.quarantine_max_fraction={limit}; see {report} (fix the files or raise the limit)"
+        )
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` onto ``final``; if a concurrent prepare won, keep theirs."""
+    if final.exists() and not (final / COMPLETE).exists():
+        shutil.rmtree(final, ignore_errors=True)  # not made by us (rename is all-or-nothing): junk
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / COMPLETE).is_file():
+            raise
+
+
+def _remove_dead_temps(cache_root: Path, prefix: str) -> None:
+    """Drop temp dirs left by killed prepare processes (their pid is in the name)."""
+    for tmp in cache_root.glob(f".tmp-{prefix}-*"):
+        pid = tmp.name[len(f".tmp-{prefix}-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _progress(items: Iterator, total: int, desc: str, enabled: bool) -> Iterator:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return iter(tqdm(items, total=total, desc=desc, unit="img"))
+

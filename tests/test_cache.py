@@ -1,0 +1,177 @@
+"""Prepared cache: quarantine, reuse without decoding, atomicity after a killed prepare, batches."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anet.data import cache as cache_mod
+from anet.data.cache import COMPLETE, PreparedDataset, prepare_dataset
+from anet.data.loader import TrainBatches, iter_eval_batches
+from anet.data.manifest import build_manifest
+from anet.data.sampler import PKSampler
+from anet.errors import UserError
+
+VOCAB = {"color": ["red", "blue", "white"], "type": ["sedan", "suv"]}
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)  # H x W x 3
+    img = Image.fromarray(pixels).convert(mode)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def make_dataset(root: Path, ids: int = 6, per_id: int = 4) -> list[tuple]:
+    """A tiny dataset: train ids 0..ids-1 and one query/gallery id, all good JPEGs."""
+    records = []
+    for vid in range(ids):
+        for j in range(per_id):
+            rel = f"train/{vid:04d}_c{j}.jpg"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(_jpeg(vid * 100 + j))
+            records.append((rel, str(vid), j, "train", "", vid % 3, vid % 2))
+    for j, split in enumerate(["query", "gallery", "gallery"]):
+        rel = f"test/0100_c{j}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(_jpeg(9000 + j))
+        records.append((rel, "100", j, split, "test", 1, 0))
+    return records
+
+
+def _entries(cache_root: Path) -> list[str]:
+    return sorted(p.name for p in cache_root.iterdir() if p.name != ".memo")
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path):
+    root = tmp_path / "ds"
+    records = make_dataset(root)
+    return root, records
+
+
+def test_prepare_resizes_and_opens(dataset, tmp_path):
+    root, records = dataset
+    manifest = build_manifest("synthetic", root, records, VOCAB)
+    prepared = prepare_dataset(manifest, tmp_path / "cache", (16, 12), 0.0, progress=False)
+    assert prepared.images.shape == (len(records), 16, 12, 3) and prepared.images.dtype == np.uint8
+    assert (prepared.cache_dir / COMPLETE).is_file() and prepared.cache_dir.name.startswith("synthetic-16x12-")
+    again = PreparedDataset.open(prepared.cache_dir)
+    assert again.fingerprint == prepared.fingerprint and again.attributes == ("color", "type")
+    row = again.manifest.frame.iloc[5]
+    with Image.open(root / row["path"]) as img:
+        expected = np.asarray(img.convert("RGB").resize((12, 16), Image.Resampling.BILINEAR))
+    assert np.array_equal(again.images[row["cache_index"]], expected)
+    assert len(again.train_rows()) == 24 and len(again.rows("gallery", "test")) == 2
+
+
+def test_quarantine_below_and_above_limit(dataset, tmp_path, monkeypatch):
+    root, records = dataset
+    (root / records[0][0]).write_bytes(b"")  # zero bytes
+    (root / records[1][0]).write_bytes(_jpeg(1)[:200])  # truncated
+    (root / records[2][0]).write_bytes(b"not an image at all")
+    (root / records[3][0]).write_bytes(_jpeg(3, mode="L"))  # grayscale
+    manifest = build_manifest("synthetic", root, records, VOCAB)
+    with pytest.raises(UserError) as err:
+        prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.1, progress=False)
+    message = str(err.value)
+    assert "4 of 27 images" in message and "quarantine_max_fraction=0.1" in message
+    report = Path(message.split("see ")[1].split(" ")[0])
+    assert report.is_file() and report.parent.name.startswith("synthetic-16x16-")
+
+    def boom(data, size):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(cache_mod, "decode_resize", boom)  # a higher limit reuses the checked cache
+    prepared = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.2, progress=False)
+    reasons = dict(zip(prepared.quarantine["path"], prepared.quarantine["reason"], strict=True))
+    assert reasons == {records[0][0]: "zero bytes", records[1][0]: "truncated",
+                       records[2][0]: "not an image", records[3][0]: "mode L"}
+    assert not set(reasons) & set(prepared.manifest.frame["path"])
+    assert len(prepared.manifest.frame) == len(records) - 4
+
+
+def test_cache_reused_without_decoding(dataset, tmp_path, monkeypatch):
+    root, records = dataset
+    manifest = build_manifest("synthetic", root, records, VOCAB)
+    first = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
+
+    def boom(data, size):
+        raise AssertionError("decoded on a cache hit")
+
+    monkeypatch.setattr(cache_mod, "decode_resize", boom)
+    second = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
+    assert second.cache_dir == first.cache_dir
+    monkeypatch.undo()
+    os.utime(root / records[0][0], ns=(1, 1))  # same content, new mtime: decoded again, same directory
+    assert prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False).cache_dir == first.cache_dir
+    monkeypatch.setattr(cache_mod, "decode_resize", boom)
+    (root / records[0][0]).write_bytes(_jpeg(12345))  # content change -> new fingerprint -> rebuild
+    with pytest.raises(AssertionError, match="decoded on a cache hit"):
+        prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
+    assert _entries(tmp_path / "cache") == [first.cache_dir.name]  # no debris
+
+
+_SLOW_PREPARE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from anet.data import cache
+    from anet.data.manifest import Manifest
+    real = cache.decode_resize
+    def slow(data, size):
+        print("decoding", flush=True)
+        time.sleep(0.2)
+        return real(data, size)
+    cache.decode_resize = slow
+    cache.prepare_dataset(Manifest.load(sys.argv[1]), Path(sys.argv[2]), (16, 16), 0.0, progress=False)
+""")
+
+
+def test_killed_prepare_leaves_no_valid_cache(dataset, tmp_path):
+    root, records = dataset
+    manifest = build_manifest("synthetic", root, records, VOCAB)
+    manifest.save(tmp_path / "m.parquet")
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(tmp_path / "m.parquet"),
+                             str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "decoding"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    leftovers = list((tmp_path / "cache").iterdir())
+    assert leftovers and all(not (p / COMPLETE).exists() for p in leftovers)
+    for partial in leftovers:
+        with pytest.raises(UserError, match="no COMPLETE marker"):
+            PreparedDataset.open(partial)
+    prepared = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
+    assert _entries(tmp_path / "cache") == [prepared.cache_dir.name]  # stale tmp removed
+
+
+def test_train_and_eval_batches(dataset, tmp_path):
+    root, records = dataset
+    prepared = prepare_dataset(build_manifest("synthetic", root, records, VOCAB), tmp_path / "c", (16, 8),
+                               0.0, progress=False)
+    train = prepared.train_rows()
+    sampler = PKSampler(train["label"].to_numpy(), p=3, k=2, seed=0)
+    batches = list(TrainBatches(prepared, sampler, ("color", "type")))
+    assert len(batches) == 2
+    b = batches[0]
+    assert b.images.shape == (6, 16, 8, 3) and b.images.dtype == torch.uint8
+    assert b.labels.dtype == torch.int64 and set(b.attrs) == {"color", "type"}
+    assert torch.equal(b.images[0], torch.from_numpy(np.array(prepared.images[int(b.index[0])])))
+    assert torch.equal(b.attrs["color"], b.labels % 3)  # make_dataset: color = vid % 3, label = vid
+    query = prepared.rows("gallery", "test")
+    chunks = list(iter_eval_batches(prepared, query, batch_size=1))
+    assert [c.shape for c in chunks] == [(1, 16, 8, 3)] * 2
