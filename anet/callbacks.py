@@ -1,0 +1,111 @@
+"""Hooks the training engine calls; tracking, pruning and progress plug in here, not in the engine.
+
+Subclass :class:`Callback` and override what you need (every method is a no-op by default)::
+
+    class PrintMAP(Callback):
+        def on_eval(self, stage_name, epoch, metrics):
+            print(stage_name, epoch, metrics.get("eval/test/mAP"))
+            return False                      # True would stop the stage (e.g. pruned by Optuna)
+
+    train_stage(..., callbacks=[PrintMAP(), JsonlLogCallback(out_dir / "log.jsonl")])
+
+Epochs are 1-based in every hook. Callbacks run on rank 0 only under DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from anet.io import atomic_write_text
+
+
+class Callback:
+    """Base class: every hook is optional."""
+
+    def on_stage_start(self, stage_name: str, start_epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        """Called once before the first epoch; ``start_epoch`` > 1 when resuming."""
+
+    def on_step_end(self, stage_name: str, epoch: int, step: int, loss: float) -> None:
+        """Called after every optimiser step (``step`` is 1-based within the epoch)."""
+
+    def on_epoch_end(self, stage_name: str, epoch: int, terms: dict[str, float]) -> None:
+        """Called after each epoch with every loss term's mean over the epoch (and ``lr``)."""
+
+    def on_eval(self, stage_name: str, epoch: int, metrics: dict[str, float]) -> bool:
+        """Called after each evaluation; return True to stop the stage early (e.g. pruned)."""
+        return False
+
+    def on_stage_end(self, stage_name: str, result: Any) -> None:
+        """Called once with the :class:`anet.engine.StageResult`."""
+
+
+class ProgressCallback(Callback):
+    """A tqdm bar over the stage's steps; the postfix shows the last epoch's loss terms."""
+
+    def __init__(self, disable: bool | None = None):
+        self.disable = disable
+        self._bar: Any = None
+        self._epoch_terms: dict[str, float] = {}
+
+    def on_stage_start(self, stage_name: str, start_epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        from tqdm.auto import tqdm
+
+        total = epochs * steps_per_epoch
+        self._bar = tqdm(total=total, initial=(start_epoch - 1) * steps_per_epoch, desc=stage_name,
+                         unit="step", dynamic_ncols=True, disable=self.disable)
+
+    def on_step_end(self, stage_name: str, epoch: int, step: int, loss: float) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", **self._epoch_terms, refresh=False)
+
+    def on_epoch_end(self, stage_name: str, epoch: int, terms: dict[str, float]) -> None:
+        self._epoch_terms = {name: f"{value:.3g}" for name, value in terms.items()}
+
+    def on_stage_end(self, stage_name: str, result: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class JsonlLogCallback(Callback):
+    """One JSON line per epoch (``{"stage", "epoch", "terms"}``) and per evaluation (``"metrics"``).
+
+    Each append rewrites the file atomically, so a crash never leaves a torn line. Lines of the same
+    stage at or after the epoch being written are dropped first: a resumed run that repeats epochs
+    after its last checkpoint does not log them twice.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    def on_epoch_end(self, stage_name: str, epoch: int, terms: dict[str, float]) -> None:
+        self._append({"stage": stage_name, "epoch": epoch, "terms": _finite(terms)}, replace_from=epoch)
+
+    def on_eval(self, stage_name: str, epoch: int, metrics: dict[str, float]) -> bool:
+        self._append({"stage": stage_name, "epoch": epoch, "metrics": _finite(metrics)}, replace_from=None)
+        return False
+
+    def _append(self, record: dict[str, Any], replace_from: int | None) -> None:
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        if replace_from is not None:
+            lines = [line for line in lines if not _is_stale(line, record["stage"], replace_from)]
+        lines.append(json.dumps(record, sort_keys=True))
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+
+def _is_stale(line: str, stage_name: str, epoch: int) -> bool:
+    try:
+        old = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return old.get("stage") == stage_name and int(old.get("epoch", -1)) >= epoch
+
+
+def _finite(values: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: non-finite numbers become null."""
+    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in values.items()}

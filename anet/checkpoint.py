@@ -1,0 +1,162 @@
+"""Training checkpoints: what a stage writes, how a killed run resumes, how evaluation rebuilds a model.
+
+A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_only=True``::
+
+    {"model", "optimizer", "scheduler", "scaler", "sampler", "rng" (one entry per DDP rank), "epoch",
+     "config_digest", "stage", "num_ids", "attr_classes", "model_cfg"}
+
+Example:
+    >>> model = load_model_from_checkpoint("runs/demo/stage_two/final.pt")   # eval mode, CPU
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from anet.config import ModelCfg, RuntimeCfg, StageCfg
+from anet.errors import UserError
+from anet.io import atomic_path
+from anet.runtime import RuntimeContext, gather_objects, rng_state, seed_everything, set_rng_state, unwrap
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMeta:
+    """Identity of a run: what must match for a resume, and what evaluation needs to rebuild the model."""
+
+    digest: str
+    stage: str
+    num_ids: int
+    attr_classes: dict[str, int]
+    model_cfg: dict[str, Any]
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a checkpoint saves and restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: Any  # PKSampler
+    generators: dict[str, torch.Generator]
+    meta: RunMeta
+    epoch: int = 0  # completed epochs of this stage
+
+
+def run_meta(model: nn.Module, data: Any, stage: StageCfg, runtime: RuntimeCfg, config: Any | None) -> RunMeta:
+    """The run's identity: the whole config's digest when given, else a digest of stage + runtime."""
+    if config is not None:
+        digest, model_cfg = config.digest(), config.model.model_dump(mode="json")
+    else:
+        text = json.dumps([stage.model_dump(mode="json"), runtime.model_dump(mode="json")], sort_keys=True)
+        digest, model_cfg = hashlib.sha256(text.encode()).hexdigest()[:16], {}
+    return RunMeta(digest, stage.name, int(data.num_ids), dict(data.attr_classes), model_cfg)
+
+
+def save_state(state: TrainState, path: Path, ctx: RuntimeContext) -> None:
+    """Write ``path`` atomically (rank 0 only; every rank contributes its RNG state)."""
+    rng = gather_objects(rng_state(state.generators), ctx)
+    if not ctx.is_main:
+        return
+    meta = state.meta
+    payload = {
+        "model": unwrap(state.model).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "sampler": state.sampler.state_dict(),
+        "rng": rng,
+        "epoch": state.epoch,
+        "config_digest": meta.digest,
+        "stage": meta.stage,
+        "num_ids": meta.num_ids,
+        "attr_classes": meta.attr_classes,
+        "model_cfg": meta.model_cfg,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def restore_state(state: TrainState, path: Path, resume: bool, seed: int, rank: int) -> None:
+    """Continue from ``path`` when resuming a matching run; otherwise seed a fresh start."""
+    if not (resume and path.is_file()):
+        seed_everything(seed)
+        return
+    ckpt = read_checkpoint(path)
+    if ckpt.get("stage") != state.meta.stage or ckpt.get("config_digest") != state.meta.digest:
+        raise UserError(
+            f"{path.parent}: holds a different run (stage {ckpt.get('stage')}, config {ckpt.get('config_digest')}) "
+            f"than this one (stage {state.meta.stage}, config {state.meta.digest}); use another output "
+            "directory, delete it, or start over (resume=False, `anet train --no-resume`)")
+    unwrap(state.model).load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.scaler.load_state_dict(ckpt["scaler"])
+    state.sampler.load_state_dict(ckpt["sampler"])
+    rngs = ckpt["rng"]
+    if rank < len(rngs):
+        set_rng_state(rngs[rank], state.generators)
+    else:  # more ranks than when saved: a fresh, rank-specific stream
+        seed_everything(seed + 1000 * int(ckpt["epoch"]))
+    state.epoch = int(ckpt["epoch"])
+
+
+def save_final(last_path: Path, ctx: RuntimeContext) -> Path:
+    """Copy ``last.pt`` to ``final.pt`` atomically (rank 0) and return the final path."""
+    final = last_path.with_name("final.pt")
+    if ctx.is_main:
+        with atomic_path(final) as tmp:
+            shutil.copyfile(last_path, tmp)
+    if ctx.distributed:
+        torch.distributed.barrier()
+    return final
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a one-line UserError for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint; pass the final.pt (or last.pt) a training stage wrote")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt/foreign files become one readable line
+        raise UserError(f"{path}: not a readable anet checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{path}: not an anet checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load only the model weights of a checkpoint (stage two's ``init_from``); strict key match."""
+    ckpt = read_checkpoint(path)
+    result = unwrap(model).load_state_dict(ckpt["model"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"{path}: weights do not fit this model (missing {result.missing_keys[:3]}, unexpected "
+                        f"{result.unexpected_keys[:3]}); was it trained with another model config?")
+
+
+def load_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the ANet a checkpoint was trained as (model cfg, num_ids, attr_classes), in eval mode.
+
+    Example:
+        >>> model = load_model_from_checkpoint("runs/demo/stage_one/final.pt")
+        >>> feats = model.embed(images, feature="j")
+    """
+    from anet.model import build_model
+
+    ckpt = read_checkpoint(path, map_location)
+    if not ckpt.get("model_cfg"):
+        raise UserError(f"{path}: the checkpoint has no model config (trained without config=); cannot rebuild")
+    cfg = ModelCfg.model_validate({**ckpt["model_cfg"], "pretrained": None})  # weights come from ckpt
+    model = build_model(cfg, int(ckpt["num_ids"]), dict(ckpt["attr_classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(map_location).eval()
