@@ -61,7 +61,8 @@ class ProgressCallback(Callback):
     def on_step_end(self, stage_name: str, epoch: int, step: int, loss: float) -> None:
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", **self._epoch_terms, refresh=False)
+            shown = {k: v for k, v in self._epoch_terms.items() if k not in ("epoch", "loss")}
+            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", **shown, refresh=False)
 
     def on_epoch_end(self, stage_name: str, epoch: int, terms: dict[str, float]) -> None:
         self._epoch_terms = {name: f"{value:.3g}" for name, value in terms.items()}

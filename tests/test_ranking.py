@@ -156,3 +156,15 @@ def test_unknown_camera_never_makes_junk():
     unknown = rank_metrics(qf, qi, np.full(20, -1), gf, gi, np.full(70, -1), max_rank=10)
     no_junk = rank_metrics(qf, qi, np.zeros(20), gf, gi, np.ones(70), max_rank=10)
     assert unknown.as_dict() == no_junk.as_dict() and unknown.num_skipped == 0
+
+
+def test_duplicated_images_with_similarity_rounding_above_one():
+    """VeRi copies every query into the gallery: q.g of an image with itself can round above 1,
+    giving a slightly negative distance; the exact keys must still stay in their query's row."""
+    gen = np.random.default_rng(5)
+    qf, qi, qc, gf, gi, gc = random_case(21, 40, 200, n_ids=10, n_cams=3, dim=64)
+    gf = torch.cat([gf, qf])  # duplicates of the queries, other camera so they count as matches
+    gi, gc = np.concatenate([gi, qi]), np.concatenate([gc, (qc + 1) % 3])
+    assert (torch.mm(qf, gf.t()) > 1).any()  # the case this test is about
+    got = check_equal((qf, qi, qc, gf, gi, gc), max_rank=20, block_size=int(gen.integers(3, 9)))
+    assert got.num_valid == len(qi) and got.r1 == pytest.approx(1.0)

@@ -188,7 +188,7 @@ def _score_block(
     s_fin = np.where(has, s_min, 0)
     thresh = np.where(has, s_fin - 4 * _EPS32 * (1 + np.abs(s_fin)), np.inf).astype(np.float32)  # B
     # Row sentinels (smallest key of each row) let one histogram also count candidates per row.
-    row_first = (np.arange(n_rows, dtype=np.int64) << 32) - (1 << 31) << index.col_bits
+    row_first = np.arange(n_rows, dtype=np.int64) << (32 + index.col_bits)
     both = np.concatenate([row_first, pos_key])
     where = np.argsort(both, kind="stable")
     bounds = both[where]  # sentinels sort first in their row
@@ -236,7 +236,10 @@ def _sort_key(rows: np.ndarray, dist: np.ndarray, cols: np.ndarray, col_bits: in
     """int64 key ordered like (row, dist, col): float bits made monotone (negative floats flipped)."""
     bits = np.ascontiguousarray(dist, dtype=np.float32).view(np.int32)
     bits = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)  # signed, monotone in dist
-    return ((rows.astype(np.int64) << 32) + bits << col_bits) + cols  # rows >= 0: row groups ordered
+    # shifted to [0, 2^32) so a negative D (S rounding above 1 for duplicate images) never borrows
+    # from the row field: the row is always key >> (32 + col_bits)
+    bits += 1 << 31
+    return ((rows.astype(np.int64) << 32) + bits << col_bits) + cols
 
 
 class _Accumulator:
