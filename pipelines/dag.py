@@ -1,0 +1,123 @@
+"""The pipeline: prepare -> stage one -> stage two -> evaluate -> register.
+
+One DAG for both places it runs. ``kfp.local`` ignores the Kubernetes platform settings (GPU
+requests, secrets, PVC mounts), so they are always applied; a cluster honours them:
+
+* the two train tasks request ``gpus`` NVIDIA GPUs, CPU and memory, retry twice (cluster only:
+  kfp.local honours retries too, so ``make_pipeline(cluster=False)`` leaves them out), and get
+  ``ANET_NPROC=<gpus>`` (the train step re-launches itself under ``torchrun`` when it is > 1);
+* credentials come only from Kubernetes secrets (never a literal in the YAML):
+  ``anet-s3`` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL: DVC remote and S3),
+  ``anet-mlflow`` (MLFLOW_TRACKING_URI), optional ``anet-mlflow-auth`` (MLFLOW_TRACKING_USERNAME,
+  MLFLOW_TRACKING_PASSWORD);
+* every task mounts the PVC named by the ``cache_pvc`` parameter at ``/mnt/anet``; the prepared
+  cache lives there (``cache_root`` defaults to ``/mnt/anet/cache``) and later steps find it through
+  the location written in the Dataset artifact, so no images are copied between steps. The PVC is
+  pre-provisioned (ReadWriteMany for parallel sweeps) rather than created per run, so that a rerun
+  or the next trial reuses the cache keyed by the dataset fingerprint.
+
+Example:
+    >>> from pipelines.dag import anet_pipeline, make_pipeline
+    >>> four_gpu = make_pipeline(gpus=4)   # compile with: python -m pipelines.compile --gpus 4
+"""
+
+# no `from __future__ import annotations`: kfp reads the real annotation objects
+from collections.abc import Callable
+
+from kfp import dsl, kubernetes
+
+from components.evaluate import evaluate
+from components.prepare_data import prepare_data
+from components.register_model import register_model
+from components.train import train
+
+PIPELINE_NAME = "anet-pipeline"
+PVC_MOUNT = "/mnt/anet"
+CLUSTER_CACHE_ROOT = f"{PVC_MOUNT}/cache"
+SECRETS: dict[str, tuple[dict[str, str], bool]] = {  # secret name -> (key -> env var, optional)
+    "anet-s3": ({k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}, False),
+    "anet-mlflow": ({"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}, False),
+    "anet-mlflow-auth": ({k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}, True),
+}
+
+
+def _platform(task: dsl.PipelineTask, cache_pvc: str, secrets: dict, cpu: str, memory: str) -> None:
+    """Kubernetes settings every task gets: secrets as env, the cache PVC, resources, no caching."""
+    for name, (key_to_env, optional) in secrets.items():
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=key_to_env, optional=optional)
+    kubernetes.mount_pvc(task, pvc_name=cache_pvc, mount_path=PVC_MOUNT)
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    # every step writes MLflow runs: a cache hit would silently skip them
+    task.set_caching_options(enable_caching=False)
+
+
+def _train_settings(task: dsl.PipelineTask, cache_pvc: str, gpus: int, display_name: str, retries: int) -> None:
+    _platform(task, cache_pvc, SECRETS, cpu="8", memory="32G")
+    task.set_display_name(display_name)
+    if gpus > 0:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    task.set_env_variable("ANET_NPROC", str(max(gpus, 1)))
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="60s")
+
+
+def make_pipeline(gpus: int = 1, cluster: bool = True) -> Callable:
+    """Build the pipeline function; ``gpus`` per train task (> 1 runs DDP via torchrun).
+
+    ``cluster=False`` drops the retry policy: kfp.local honours it (with its backoff), and locally a
+    failing step must stop the run at once. Every other platform setting is ignored by kfp.local.
+    """
+    retries = 2 if cluster else 0
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="AttributeNet vehicle re-ID: prepare, two-stage training, "
+                  "evaluation, MLflow registration with champion/challenger promotion")
+    def anet_pipeline(
+        dataset: str = "synthetic",
+        profile: str = "synthetic",
+        overrides: str = "[]",
+        lambda_a: float = -1.0,
+        lambda_g: float = -1.0,
+        lambda_van: float = -1.0,
+        epochs: int = 0,
+        seed: int = -1,
+        promotion_margin: float = -1.0,
+        mlflow_parent_run_id: str = "",
+        trial_json: str = "",
+        data_root: str = "",
+        cache_root: str = CLUSTER_CACHE_ROOT,
+        cache_pvc: str = "anet-cache",
+        promote: bool = True,
+    ) -> str:
+        """Negative lambdas / seed / margin and epochs=0 keep the profile's value; ``overrides`` is a
+        JSON list of ``key=value`` config overrides applied before them."""
+        prep = prepare_data(
+            dataset=dataset, profile=profile, overrides=overrides, lambda_a=lambda_a, lambda_g=lambda_g,
+            lambda_van=lambda_van, epochs=epochs, seed=seed, promotion_margin=promotion_margin,
+            data_root=data_root, cache_root=cache_root, mlflow_parent_run_id=mlflow_parent_run_id,
+        ).set_display_name("prepare data")
+        _platform(prep, cache_pvc, SECRETS, cpu="2", memory="8G")
+        config_json = prep.outputs["Output"]
+
+        one = train(config_json=config_json, prepared=prep.outputs["prepared"], stage_name="stage_one",
+                    mlflow_parent_run_id=mlflow_parent_run_id, trial_json=trial_json)
+        _train_settings(one, cache_pvc, gpus, "stage-one training", retries)
+        two = train(config_json=config_json, prepared=prep.outputs["prepared"], stage_name="stage_two",
+                    mlflow_parent_run_id=mlflow_parent_run_id, trial_json=trial_json,
+                    init_from=one.outputs["model"])
+        _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries)
+
+        ev = evaluate(config_json=config_json, prepared=prep.outputs["prepared"], model=two.outputs["model"],
+                      mlflow_parent_run_id=mlflow_parent_run_id).set_display_name("evaluate")
+        _platform(ev, cache_pvc, SECRETS, cpu="4", memory="16G")
+        reg = register_model(config_json=config_json, dataset=dataset, evaluation_json=ev.outputs["Output"],
+                             model=two.outputs["model"], mlflow_parent_run_id=mlflow_parent_run_id,
+                             promote=promote)
+        reg.set_display_name("register model")
+        _platform(reg, cache_pvc, SECRETS, cpu="1", memory="4G")
+        return reg.output
+
+    return anet_pipeline
+
+
+anet_pipeline = make_pipeline()
+local_pipeline = make_pipeline(gpus=0, cluster=False)

@@ -1,0 +1,351 @@
+"""Run the pipeline: locally through kfp.local (default) or on a Kubeflow cluster (``KFP_HOST``).
+
+Examples::
+
+    python -m pipelines.run                                        # synthetic data, CPU profile
+    python -m pipelines.run --dataset synthetic --profile smoke --set stage_one.epochs=2
+    python -m pipelines.run --dataset veri776                      # DVC-tracked data under data/veri776
+    KFP_HOST=https://kfp.example.org KFP_TOKEN=... python -m pipelines.run --dataset veri776
+
+    from pipelines.run import run_pipeline                         # the sweep's entry point
+    outcome = run_pipeline(dataset="synthetic", profile="smoke", overrides=["loss.lambda_a=0.3"])
+
+Before any work: the config is resolved, the dataset is checked (a missing real dataset stops with
+the ``anet data import`` hint), the MLflow tracking server and S3 endpoint are reached (an
+unreachable one is named), and the MLflow parent run is created; its id is a pipeline parameter,
+each step opens a nested run under it. Locally every step is a subprocess of this Python
+(``SubprocessRunner(use_venv=False)``): no Docker, no cluster. A failing step stops the DAG and
+its one-line reason (the step's ``error: ...`` line) is printed; exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anet.config import ConfigError
+from anet.errors import UserError
+
+TASK_NAMES = {"prepare-data": "prepare data", "train": "stage-one training", "train-2": "stage-two AC fine-tuning",
+              "evaluate": "evaluate", "register-model": "register model"}
+KFP_TERMINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """What one pipeline run produced (the sweep reads it)."""
+
+    status: str  # "succeeded" | "failed" | "pruned"
+    parent_run_id: str | None
+    metrics: dict[str, float]
+    primary_metric: str
+    primary_value: float | None
+    model_version: str | None
+    champion: bool
+    error: str | None
+    decision: str | None = None
+    output_dir: str | None = None
+    tracking_uri: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrides: Sequence[str] = (),
+                 trial: dict[str, Any] | None = None, seed: int = 0, tags: dict[str, str] | None = None, *,
+                 promote: bool = True, pipeline_root: str | os.PathLike[str] = "local_outputs",
+                 run_name: str | None = None, echo: bool = True) -> PipelineOutcome:
+    """Run the whole DAG once; returns its outcome (a failed step gives status "failed", not an exception).
+
+    Pre-flight problems (bad config, missing dataset, unreachable MLflow/S3) raise ``UserError`` /
+    ``ConfigError`` before anything starts. ``trial`` (a TrialRef dict) reaches the train steps as
+    JSON. ``promote=False`` registers without moving the champion alias (sweep trials).
+    """
+    from anet import steps
+    from anet.mlops import tracking
+
+    profile = profile or dataset
+    items = list(overrides) + ([f"runtime.seed={int(seed)}"] if seed is not None else [])
+    cfg = steps.resolve_config(dataset, profile, items)
+    steps.check_dataset_available(cfg)
+    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = _check_endpoints()
+    client = _kfp_client() if os.environ.get("KFP_HOST") else None
+    try:
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # the step subprocesses inherit it (same store, absolute)
+        run_tags = {**(tags or {}), **_trial_tags(trial),
+                    **{f"param.{k}": str(getattr(cfg.loss, k)) for k in ("lambda_a", "lambda_g", "lambda_van")}}
+        parent = steps.start_pipeline_run(cfg.data.dataset, profile, cfg.to_json(), run_tags, run_name)
+        _say(echo, f"MLflow parent run {parent} at {tracking.redact_url(uri)}")
+        arguments = {
+            "dataset": cfg.data.dataset, "profile": profile, "overrides": json.dumps(items), "seed": int(seed),
+            "mlflow_parent_run_id": parent, "trial_json": json.dumps(trial, sort_keys=True) if trial else "",
+            "promote": bool(promote),
+        }
+        try:
+            if client is not None:
+                outcome = _run_on_cluster(client, arguments, cfg.registry.primary_metric, parent, echo)
+            else:
+                arguments |= {"data_root": str(Path(cfg.data.root).resolve()),
+                              "cache_root": str(Path(cfg.data.cache_dir).resolve())}
+                outcome = _run_locally(arguments, cfg.registry.primary_metric, parent, Path(pipeline_root), echo)
+        except BaseException as exc:  # interrupted, or the runner itself broke: never leave the run RUNNING
+            steps.finish_pipeline_run(parent, "failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
+            raise
+        steps.finish_pipeline_run(parent, outcome.status, {"model_version": outcome.model_version,
+                                                           "champion": outcome.champion, "error": outcome.error})
+    finally:
+        if saved_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    return _replace(outcome, tracking_uri=uri)
+
+
+def _check_endpoints() -> str:
+    """Reach MLflow (and S3 when an endpoint is configured) before any work; export the tracking URI."""
+    from anet.mlops import tracking
+
+    uri = tracking.configure(None)
+    tracking.check_tracking_server(uri)
+    endpoints = {os.environ.get(k, "") for k in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")} - {""}
+    if endpoints:
+        from anet.mlops import s3
+
+        for url in sorted(endpoints):
+            s3.check_endpoint(url)
+    return uri
+
+
+def _trial_tags(trial: dict[str, Any] | None) -> dict[str, str]:
+    if not trial:
+        return {}
+    return {"optuna.study": str(trial.get("study_name", "")), "optuna.trial_number": str(trial.get("trial_number", ""))}
+
+
+# --------------------------------------------------------------------------- local (kfp.local)
+class _Tee(io.TextIOBase):
+    """stdout that also keeps the last lines (kfp.local prints every step's log through print)."""
+
+    def __init__(self, stream: Any, echo: bool, keep: int = 2000):
+        self.stream, self.echo, self.lines = stream, echo, collections.deque(maxlen=keep)
+        self._partial, self._in_dump = "", False
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *done, self._partial = self._partial.split("\n")
+        self.lines.extend(done)
+        for line in done:
+            if self.echo and self._shown(line):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def _shown(self, line: str) -> bool:
+        """Hide kfp's executor-input JSON dump and executor chatter; keep the steps' own lines."""
+        if "Got executor_input:" in line:
+            self._in_dump = True
+            return False
+        if self._in_dump:
+            self._in_dump = line != "    }"
+            return False
+        return "[KFP Executor" not in line and bool(line.strip())
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Path, echo: bool) -> PipelineOutcome:
+    from kfp import local
+
+    from pipelines.dag import local_pipeline
+
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root.resolve()),
+               raise_on_error=True)
+    before = {p.name for p in root.iterdir()}
+    tee, stdout = _Tee(sys.stdout, echo), sys.stdout
+    started = time.monotonic()
+    sys.stdout = tee
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+            task = local_pipeline(**arguments)
+        summary = json.loads(task.output)
+        error = None
+    except RuntimeError as exc:
+        summary, error = {}, _step_error(list(tee.lines), str(exc))
+    finally:
+        sys.stdout = stdout
+    new = sorted((p for p in root.iterdir() if p.name not in before), key=lambda p: p.stat().st_mtime)
+    out_dir = str(new[-1]) if new else None
+    if out_dir:  # every step's full log, also when it was not echoed
+        (Path(out_dir) / "pipeline.log").write_text("\n".join([*tee.lines, tee._partial]))
+        if error:
+            error += f" (full log: {Path(out_dir) / 'pipeline.log'})"
+    _say(echo, f"pipeline finished in {time.monotonic() - started:.0f} s")
+    return _outcome(summary, error, primary, parent, out_dir)
+
+
+def _step_error(lines: list[str], exc_text: str) -> str:
+    """The failing step's one-line reason: its last ``error:`` line, else its last exception line."""
+    task = re.search(r"Inner task failed: (.*)\.$|Task (.*) finished", _ANSI.sub("", exc_text))
+    where = (task.group(1) or task.group(2)).strip("'\" ") if task else "a step"
+    where = TASK_NAMES.get(where, where)
+    clean = [_ANSI.sub("", ln).strip() for ln in lines]
+    reason = next((ln for ln in reversed(clean) if ln.startswith("error:")), None)
+    if reason is None:
+        reason = next((ln for ln in reversed(clean) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", ln)),
+                      "see the step log above")
+    reason = re.sub(r"^(prepare|train|evaluate|register): ", "", reason.removeprefix("error:").strip())
+    return f"{where}: {reason}"
+
+
+def _outcome(summary: dict[str, Any], error: str | None, primary: str, parent: str,
+             out_dir: str | None) -> PipelineOutcome:
+    status = "failed" if error else ("pruned" if summary.get("status") == "pruned" else "succeeded")
+    return PipelineOutcome(
+        status=status, parent_run_id=parent, metrics=dict(summary.get("metrics", {})),
+        primary_metric=summary.get("primary_metric", primary), primary_value=summary.get("primary_value"),
+        model_version=summary.get("model_version"), champion=bool(summary.get("champion", False)), error=error,
+        decision=summary.get("decision"), output_dir=out_dir,
+    )
+
+
+def _replace(outcome: PipelineOutcome, **changes: Any) -> PipelineOutcome:
+    import dataclasses
+
+    return dataclasses.replace(outcome, **changes)
+
+
+# --------------------------------------------------------------------------- cluster (KFP_HOST)
+def _kfp_client() -> Any:
+    """``kfp.Client`` for ``KFP_HOST`` (bearer token from ``KFP_TOKEN``); one line when unreachable."""
+    import kfp
+
+    host = os.environ["KFP_HOST"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None)
+    except Exception as exc:  # kfp raises urllib3/kube errors with pages of text
+        raise UserError(f"Kubeflow Pipelines at {host} is unreachable ({type(exc).__name__}); check KFP_HOST "
+                        "and KFP_TOKEN") from None
+
+
+def _run_on_cluster(client: Any, arguments: dict[str, Any], primary: str, parent: str, echo: bool) -> PipelineOutcome:
+    """Submit the compiled pipeline, follow it to the end, read the outcome from the MLflow parent run."""
+    import tempfile
+
+    from pipelines.compile import compile_pipeline
+
+    host = os.environ["KFP_HOST"]
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / "anet_pipeline.yaml", gpus=int(os.environ.get("ANET_GPUS", "1")))
+        run = client.create_run_from_pipeline_package(str(package), arguments=arguments,
+                                                      experiment_name=f"anet-{arguments['dataset']}",
+                                                      run_name=f"anet-{arguments['dataset']}-{parent[:8]}")
+    _say(echo, f"submitted run {run.run_id} to {host}")
+    state = _follow(client, run.run_id, echo)
+    link = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+    error = None if state == "SUCCEEDED" else f"Kubeflow run {run.run_id} ended {state}; see {link}"
+    return _outcome(_summary_from_mlflow(parent, primary), error, primary, parent, link)
+
+
+def _follow(client: Any, run_id: str, echo: bool, poll_s: float = 10.0) -> str:
+    """Poll the run, print every state change, return the terminal state."""
+    last = None
+    while True:
+        state = str(client.get_run(run_id).state or "PENDING").upper()
+        if state != last:
+            _say(echo, f"{time.strftime('%H:%M:%S')} run {run_id}: {state}")
+            last = state
+        if state in KFP_TERMINAL:
+            return state
+        time.sleep(poll_s)
+
+
+def _summary_from_mlflow(parent: str, primary: str) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(parent)
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
+    tags = run.data.tags
+    return {"metrics": metrics, "primary_metric": primary, "primary_value": metrics.get(primary),
+            "model_version": tags.get("anet.model_version"), "champion": tags.get("anet.champion") == "True",
+            "decision": tags.get("anet.decision"), "status": "pruned" if tags.get("anet.pruned") else "succeeded"}
+
+
+# --------------------------------------------------------------------------- CLI
+def _say(echo: bool, text: str) -> None:
+    if echo:
+        print(f"[anet] {text}", flush=True)
+
+
+def format_summary(outcome: PipelineOutcome) -> str:
+    """The final summary: metrics table, model version, champion decision, where to look."""
+    lines = [f"status: {outcome.status}"]
+    if outcome.error:
+        lines.append(f"error: {outcome.error}")
+    splits = sorted({k.split("/")[1] for k in outcome.metrics if k.count("/") == 2})
+    names = ["mAP", "R1", "R5", "R10", "mINP"]
+    if splits:
+        lines += ["", "| test set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for split in splits:
+            vals = [outcome.metrics.get(f"eval/{split}/{n}") for n in names]
+            lines.append(f"| {split} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
+        lines.append("")
+    if outcome.primary_value is not None:
+        lines.append(f"primary metric {outcome.primary_metric} = {outcome.primary_value:.4f}")
+    if outcome.model_version:
+        verdict = "became champion" if outcome.champion else "not champion"
+        lines.append(f"model version: {outcome.model_version} ({verdict}; decision: {outcome.decision})")
+    if outcome.parent_run_id:
+        lines.append(f"MLflow run: {outcome.parent_run_id}  (tracking URI {outcome.tracking_uri})")
+        ui = outcome.tracking_uri or ""
+        lines.append("look: " + (f"open {ui}" if ui.startswith("http") else "make ui  ->  http://127.0.0.1:5000"))
+    if outcome.output_dir:
+        lines.append(f"step outputs: {outcome.output_dir}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipelines.run`` (what ``make pipeline-run DATASET=...`` calls)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run", description="Run the AttributeNet pipeline.")
+    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "veri776", "veriwild", "vehicleid"])
+    parser.add_argument("--profile", default=None, help="config profile (default: the dataset's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable (e.g. --set loss.lambda_a=0.5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-promote", action="store_true", help="register without moving the champion alias")
+    parser.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local writes step outputs")
+    parser.add_argument("--quiet", action="store_true", help="hide the step logs; print only the summary")
+    args = parser.parse_args(argv)
+    try:
+        outcome = run_pipeline(args.dataset, args.profile, args.overrides, seed=args.seed,
+                               promote=not args.no_promote, pipeline_root=args.pipeline_root, echo=not args.quiet)
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command (the prepared cache is reused)", file=sys.stderr)
+        return 130
+    print("\n" + format_summary(outcome))
+    if outcome.status == "failed":
+        print(f"error: {outcome.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The compiled Kubeflow IR: five tasks in order, GPUs and retries on training, secrets by reference only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER = ["prepare-data", "train", "train-2", "evaluate", "register-model"]
+CREDENTIAL_LITERALS = ["testing", "minioadmin", "AKIA", "S3RVER", "aws_secret_access_key:", "password:"]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, dict]:
+    from pipelines.compile import compile_pipeline
+
+    path = compile_pipeline(tmp_path_factory.mktemp("ir") / "anet.yaml", gpus=2)
+    text = path.read_text()
+    ir, platform = list(yaml.safe_load_all(text))
+    return text, ir, platform
+
+
+def test_five_tasks_run_in_order(compiled):
+    _, ir, _ = compiled
+    tasks = ir["root"]["dag"]["tasks"]
+    assert sorted(tasks) == sorted(ORDER)
+    for before, after in zip(ORDER, ORDER[1:], strict=False):
+        assert before in tasks[after].get("dependentTasks", []), f"{after} must wait for {before}"
+    names = {t: tasks[t]["taskInfo"]["name"] for t in ORDER}
+    assert names["train"] == "stage-one training" and names["train-2"] == "stage-two AC fine-tuning"
+    stage = {t: tasks[t]["inputs"]["parameters"]["stage_name"]["runtimeValue"]["constant"] for t in ("train", "train-2")}
+    assert stage == {"train": "stage_one", "train-2": "stage_two"}
+    assert tasks["train-2"]["inputs"]["artifacts"]["init_from"]["taskOutputArtifact"]["producerTask"] == "train"
+
+
+def test_train_tasks_request_gpus_cpu_memory_and_retry(compiled):
+    _, ir, _ = compiled
+    tasks, executors = ir["root"]["dag"]["tasks"], ir["deploymentSpec"]["executors"]
+    for name in ("train", "train-2"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2
+        container = executors[tasks[name]["componentRef"]["name"].replace("comp-", "exec-")]["container"]
+        resources = container["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert str(resources["accelerator"]["resourceCount"]) == "2"
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
+        assert {"name": "ANET_NPROC", "value": "2"} in container["env"]
+
+
+def test_credentials_come_only_from_secrets(compiled):
+    text, ir, platform = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) >= {f"exec-{t}" for t in ("prepare-data", "train", "train-2", "evaluate", "register-model")}
+    for name, spec in executors.items():
+        envs = {kv["envVar"] for s in spec["secretAsEnv"] for kv in s["keyToEnv"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"} <= envs, name
+        assert spec["pvcMount"][0]["mountPath"] == "/mnt/anet"
+    for container in (e["container"] for e in ir["deploymentSpec"]["executors"].values()):
+        for env in container.get("env", []):
+            assert not env["name"].startswith(("AWS_", "MLFLOW_")), env
+    lowered = text.lower()
+    for literal in CREDENTIAL_LITERALS:
+        assert literal.lower() not in lowered, f"credential-looking literal {literal!r} in the compiled YAML"
+
+
+def test_components_run_on_the_project_image_without_pip_bootstrap(compiled):
+    text, ir, _ = compiled
+    for container in (e["container"] for e in ir["deploymentSpec"]["executors"].values()):
+        assert container["image"].startswith("ghcr.io/anet-pipeline/anet:")
+    assert "pip install" not in text
+
+
+def test_image_comes_from_anet_image_at_import(tmp_path):
+    """ANET_IMAGE is read when the components are imported (so it must be set before)."""
+    out = tmp_path / "p.yaml"
+    env = {**os.environ, "ANET_IMAGE": "registry.local/anet:test"}
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--output", str(out), "--gpus", "1"],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    assert "image: registry.local/anet:test" in out.read_text()
+
+
+def test_kfp_host_submission_is_followed_to_completion(monkeypatch, capsys):
+    """The KFP_HOST path with a stand-in client: compiled package submitted, states printed once each."""
+    from types import SimpleNamespace
+
+    from pipelines import run as runner
+
+    states = iter(["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"])
+    submitted = {}
+
+    class FakeClient:
+        def create_run_from_pipeline_package(self, path, arguments, experiment_name, run_name):
+            submitted.update(text=Path(path).read_text(), arguments=arguments, experiment=experiment_name)
+            return SimpleNamespace(run_id="r-1")
+
+        def get_run(self, run_id):
+            return SimpleNamespace(state=next(states))
+
+    monkeypatch.setenv("KFP_HOST", "https://kfp.example.org")
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    monkeypatch.setattr(runner, "_summary_from_mlflow", lambda parent, primary: {
+        "metrics": {"eval/test/mAP": 0.5}, "primary_value": 0.5, "model_version": "4", "champion": True})
+    outcome = runner._run_on_cluster(FakeClient(), {"dataset": "veri776", "profile": "veri776"}, "eval/test/mAP",
+                                     "parent-1", echo=True)
+    out = capsys.readouterr().out
+    assert [s for s in ("PENDING", "RUNNING", "SUCCEEDED") if f"r-1: {s}" in out] == ["PENDING", "RUNNING", "SUCCEEDED"]
+    assert out.count("r-1: RUNNING") == 1
+    assert submitted["experiment"] == "anet-veri776" and "nvidia.com/gpu" in submitted["text"]
+    assert outcome.status == "succeeded" and outcome.model_version == "4" and outcome.champion
+    assert outcome.output_dir == "https://kfp.example.org/#/runs/details/r-1"
