@@ -11,14 +11,7 @@ from anet.errors import UserError
 from anet.losses import Criterion
 from anet.model import ANet, build_model, freeze_for_amelioration, set_train_mode
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster on a busy 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ATTRS = {"color": 5, "type": 3}
 IDS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])

@@ -48,7 +48,7 @@ from PIL import Image, UnidentifiedImageError
 
 from anet.data.manifest import Manifest
 from anet.errors import UserError
-from anet.io import atomic_write_text
+from anet.io import atomic_write_text, pid_alive
 
 COMPLETE = "COMPLETE"
 WORKERS = 2  # Pillow releases the GIL in decode and resize, so threads use both cores
@@ -263,18 +263,8 @@ def _remove_dead_temps(cache_root: Path, prefix: str) -> None:
     """Drop temp dirs left by killed prepare processes (their pid is in the name)."""
     for tmp in cache_root.glob(f".tmp-{prefix}-*"):
         pid = tmp.name[len(f".tmp-{prefix}-"):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _progress(items: Iterator, total: int, desc: str, enabled: bool) -> Iterator:

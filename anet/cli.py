@@ -1,0 +1,55 @@
+"""The ``anet`` command line (also ``python -m anet``).
+
+Examples::
+
+    anet data inspect veri776 data/veri776 --manifest /tmp/veri.parquet
+    anet train --config synthetic stage_one.epochs=5
+    anet evaluate-features feats.npz --max-rank 50
+    anet registry promote --dataset veri776 --version 3
+
+A mistake a user can fix (wrong path, bad layout, unknown config key, unreachable server) is
+printed as one ``error: ...`` line with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from anet.config import ConfigError
+from anet.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; each area contributes its sub-commands explicitly."""
+    from anet import train_commands
+    from anet.data import commands as data_commands
+    from anet.evaluation import commands as eval_commands
+    from anet.mlops import commands as registry_commands
+
+    parser = argparse.ArgumentParser(prog="anet", description="AttributeNet vehicle re-identification")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_commands.add_commands(sub)
+    train_commands.add_commands(sub)
+    eval_commands.add_commands(sub)
+    registry_commands.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, dispatch, turn user mistakes into one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

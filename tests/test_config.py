@@ -1,0 +1,87 @@
+"""The typed config: profiles load, overrides apply, mistakes read well, JSON round-trips."""
+
+import pytest
+from pydantic import ValidationError
+
+from anet.config import CONFIG_DIR, ConfigError, ExperimentConfig, load_config
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_profile_loads_and_round_trips(profile):
+    cfg = load_config(profile)
+    assert ExperimentConfig.from_json(cfg.to_json()) == cfg
+    assert cfg.digest() == ExperimentConfig.from_json(cfg.to_json()).digest()
+
+
+def test_required_profiles_exist():
+    names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert {"smoke", "synthetic", "veri776", "veriwild", "vehicleid"} <= names
+
+
+def test_paper_settings_in_benchmark_profiles():
+    cfg = load_config("veri776")
+    assert cfg.model.depth == 50 and cfg.model.ibn and cfg.model.last_stride == 1
+    assert cfg.data.image_size == (256, 256) and (cfg.data.p_ids, cfg.data.k_imgs) == (128, 4)
+    assert cfg.stage_one.epochs + cfg.stage_two.epochs == 210
+    assert cfg.stage_one.lr == pytest.approx(6e-4) and cfg.stage_one.amsgrad
+    assert cfg.stage_two.freeze_f and cfg.stage_two.amelioration and not cfg.stage_one.amelioration
+    assert (cfg.model.s_a, cfg.model.s_f, cfg.model.s_j) == (128, 512, 512)
+    assert load_config("veriwild").registry.primary_metric == "eval/small/mAP"
+    assert load_config("vehicleid").registry.primary_metric == "eval/800/R1"
+
+
+def test_dotted_overrides_parse_values():
+    cfg = load_config("smoke", ["loss.lambda_a=0.25", "model.variant=van", "data.image_size=[64, 48]"])
+    assert cfg.loss.lambda_a == 0.25
+    assert cfg.model.variant == "van"
+    assert cfg.data.image_size == (64, 48)
+
+
+def test_config_is_frozen():
+    cfg = load_config("smoke")
+    with pytest.raises(ValidationError):
+        cfg.loss.lambda_a = 3.0  # type: ignore[misc]
+
+
+def test_unknown_key_names_closest_valid_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'loss.lamda_a'; did you mean 'loss.lambda_a'"):
+        load_config("smoke", ["loss.lamda_a=1"])
+    with pytest.raises(ConfigError, match=r"'stage_tow'.*did you mean 'stage_two'"):
+        load_config("smoke", ["stage_tow.epochs=1"])
+
+
+def test_unknown_key_in_yaml_file_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  depht: 50\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert str(path) in message and "model.depht" in message and "model.depth" in message
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("loss.lambda_g=-1", "loss.lambda_g"),
+        ("loss.label_smoothing=1.0", "loss.label_smoothing"),
+        ("model.depth=42", "model.depth"),
+        ("stage_one.milestones=[9, 3]", "milestones must be increasing"),
+    ],
+)
+def test_values_are_range_checked(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config("smoke", [override])
+
+
+def test_malformed_override_and_missing_profile():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config("smoke", ["loss.lambda_a"])
+    with pytest.raises(ConfigError, match="no such config profile"):
+        load_config("does-not-exist")
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  depth: [50\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
+        load_config(str(path))
