@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pruner", default="median", choices=["median", "threshold", "none"])
     p.add_argument("--prune-lower", type=float, default=None, help="threshold pruner: prune below this")
     p.add_argument("--pruner-startup-trials", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=2,
+                   help="in-training evaluation period (epochs) that feeds the pruner, unless set with --set")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     p.add_argument("--out", default="sweeps", help="folder for the study db, logs and reports")
     p.add_argument("--promote-best", action="store_true", help="apply the promotion rule to the best trial")
@@ -113,8 +115,13 @@ def suggest(trial: Any, tune_lr: bool) -> dict[str, float]:
     return params
 
 
-def trial_overrides(params: dict[str, float], base: list[str]) -> list[str]:
-    overrides = list(base) + [f"loss.{k}={params[k]!r}" for k in LAMBDAS]
+def trial_overrides(params: dict[str, float], base: list[str], eval_every: int = 2) -> list[str]:
+    """The trial's config overrides: the user's, an evaluation period for pruning, the suggested lambdas."""
+    overrides = list(base)
+    for stage in ("stage_one", "stage_two"):
+        if not any(o.startswith(f"{stage}.eval_every=") for o in base):
+            overrides.append(f"{stage}.eval_every={eval_every}")
+    overrides += [f"loss.{k}={params[k]!r}" for k in LAMBDAS]
     if "lr" in params:
         overrides.append(f"stage_one.lr={params['lr']!r}")
     return overrides
@@ -134,7 +141,7 @@ def run_one_trial(study: Any, args: argparse.Namespace) -> str:
     tags = {"optuna.study": args.study_name, "optuna.trial_number": str(trial.number)}
     try:
         outcome = run_pipeline(
-            dataset=args.dataset, profile=args.profile, overrides=trial_overrides(params, args.overrides),
+            dataset=args.dataset, profile=args.profile, overrides=trial_overrides(params, args.overrides, args.eval_every),
             trial=asdict(ref), seed=args.seed, tags=tags, promote=False,
         )
     except Exception as exc:  # one broken trial must not end the sweep
@@ -212,9 +219,19 @@ def _trial_line(study: Any, trial: Any) -> str:
     return f"trial {trial.number:3d} {trial.state.name:8s} value={value:>7s} {lams} | {best}"
 
 
+def init_tracking(dataset: str) -> None:
+    """Create the MLflow store and experiment once, before workers start: two processes creating
+    a fresh sqlite store at the same moment race on its schema migrations (seen here)."""
+    from anet.mlops import tracking
+
+    tracking.configure(None)
+    tracking.experiment_id(dataset)
+
+
 def coordinate(args: argparse.Namespace) -> int:
     from pipelines.sweep_report import finish_sweep
 
+    init_tracking(args.dataset)
     study = create_study(args)
     reclaimed = reclaim_stale(study)
     done = finished_count(study)
