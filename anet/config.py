@@ -62,7 +62,6 @@ class DataCfg(_Frozen):
     k_imgs: int = Field(4, ge=2)
     cache_dir: str = ".cache/anet"
     quarantine_max_fraction: float = Field(0.01, ge=0.0, le=1.0)
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     synthetic: SyntheticCfg = SyntheticCfg()
 
 
