@@ -1,0 +1,107 @@
+"""Logging torch models to MLflow: the module itself, its embedding graph, signature and requirements.
+
+:func:`log_model` logs a CPU copy of a torch module into the active step run (``pt2`` via
+``torch.export`` when it traces, else ``pickle``), with a signature inferred from the input example
+and explicit pinned requirements (:func:`model_requirements`); :func:`log_embedding_model` logs just
+``model.embed`` as a self-contained graph for serving. MLflow and torch are imported inside
+functions only, so importing this module stays cheap; :mod:`anet.mlops.tracking` re-exports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def log_model(model: Any, name: str = "model", input_example: Any = None, *, signature: Any = None,
+              extra_pip_requirements: Iterable[str] = (), serialization_format: str = "auto") -> str:
+    """Log a torch module (a CPU copy in eval mode) into the active step run; return its model URI.
+
+    ``pt2`` (``torch.export``, MLflow's default) loads without unpickling code; it needs
+    ``input_example`` (a float32 numpy batch; a batch of one is repeated to two so the exported
+    batch dimension stays dynamic). ``auto`` tries pt2 and falls back to ``pickle`` with a warning
+    for modules torch.export cannot trace (e.g. ANet's dataclass output; see
+    :func:`log_embedding_model`). The signature is inferred from the example when the module returns
+    a tensor. Requirements are explicit (:func:`model_requirements`): no ``+cpu`` build tag.
+    """
+    import copy
+    import warnings
+
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_model must be called inside start_step_run(...)")
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    example = None if input_example is None else np.asarray(input_example)
+    if example is not None and example.shape[:1] == (1,):
+        example = np.concatenate([example, example])
+    if signature is None and example is not None:
+        signature = _infer_signature(cpu_model, example)
+    kwargs = {"name": name, "signature": signature, "input_example": example,
+              "pip_requirements": model_requirements() + list(extra_pip_requirements)}
+    if serialization_format == "auto" and example is not None:
+        try:
+            return mlflow.pytorch.log_model(cpu_model, serialization_format="pt2", **kwargs).model_uri
+        except Exception as exc:  # torch.export cannot trace every module; pickle always works
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            warnings.warn(f"torch.export failed ({reason}); logging {name} with pickle", stacklevel=2)
+    fmt = "pickle" if serialization_format == "auto" else serialization_format
+    return mlflow.pytorch.log_model(cpu_model, serialization_format=fmt, **kwargs).model_uri
+
+
+def log_embedding_model(model: Any, feature: str, input_example: Any, name: str = "model") -> str:
+    """Log ``model.embed(images, feature=...)`` as a self-contained pt2 graph; return its model URI.
+
+    The registered artifact is then a plain function, loadable without this package: float32
+    B x 3 x H x W (normalised like ``TestTransform``) -> L2-normalised B x D embeddings, which is
+    what ``mlflow.pyfunc`` serving and retrieval need.
+
+    Example:
+        >>> log_embedding_model(model, "j", np.zeros((2, 3, 256, 256), np.float32))   # doctest: +SKIP
+        'models:/m-4f0c...'
+    """
+    return log_model(_embedding_module(model, feature), name, input_example, serialization_format="pt2")
+
+
+def _embedding_module(model: Any, feature: str) -> Any:
+    import torch
+
+    class Embedding(torch.nn.Module):  # local: the pt2 graph does not need it at load time
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.model.embed(images, feature=feature)  # B x D, L2-normalised
+
+    return Embedding()
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of a logged model: torch, numpy, kornia and this package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("torch", "numpy", "kornia", "anet-pipeline"):
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def _infer_signature(model: Any, input_example: Any) -> Any:
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    example = np.asarray(input_example)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example))  # B x ... for a tensor-returning module
+    if isinstance(output, torch.Tensor):
+        return infer_signature(example, output.numpy())
+    inputs = Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]))])
+    return ModelSignature(inputs=inputs)
