@@ -15,7 +15,7 @@ JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /u
 # jemalloc avoids glibc's page-fault storm on large activations (+24% training, 2x inference measured here)
 RUN := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) ,)
 
-.PHONY: setup test test-fast lint pipeline-run pipeline-compile sweep promote bench ui clean help
+.PHONY: setup test test-fast lint pipeline-run pipeline-compile sweep promote bench ui docker-build clean help
 
 help:
 	@echo "make pipeline-run [DATASET=synthetic|veri776|veriwild|vehicleid]  run the whole pipeline"
@@ -45,7 +45,7 @@ pipeline-run: setup
 	$(RUN)$(PY) -m pipelines.run --dataset $(DATASET) --profile $(PROFILE) $(ARGS)
 
 pipeline-compile: setup
-	$(PY) -m pipelines.compile --output pipelines/anet_pipeline.yaml
+	$(PY) -m pipelines.compile --output pipelines/anet_pipeline.yaml $(ARGS)
 
 sweep: setup
 	$(RUN)$(PY) -m pipelines.sweep --dataset $(DATASET) --profile $(PROFILE) --trials $(TRIALS) --parallel $(PARALLEL) $(ARGS)
@@ -59,6 +59,9 @@ bench: setup
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
+
+docker-build:
+	docker build -f docker/Dockerfile --build-arg TORCH_SPEC="$(TORCH_SPEC)" -t $${ANET_IMAGE:-ghcr.io/anet-pipeline/anet:0.1.0} .
 
 clean:
 	rm -rf .cache runs local_outputs
