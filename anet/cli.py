@@ -17,8 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from anet.config import ConfigError
-from anet.errors import UserError
+from anet.errors import run_guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, turn user mistakes into one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (UserError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: args.func(args), "rerun the same command to resume from the last checkpoint")
 
 
 if __name__ == "__main__":

@@ -25,13 +25,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from anet.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 DatasetName = Literal["synthetic", "veri776", "veriwild", "vehicleid"]
 Feature = Literal["f", "fa", "j"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user mistake in a config file or an override: the message is one readable line."""
 
 

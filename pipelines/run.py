@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anet.config import ConfigError
-from anet.errors import UserError
+from anet.errors import UserError, run_guarded
 
 TASK_NAMES = {"prepare-data": "prepare data", "train": "stage-one training", "train-2": "stage-two AC fine-tuning",
               "evaluate": "evaluate", "register-model": "register model"}
@@ -331,15 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local writes step outputs")
     parser.add_argument("--quiet", action="store_true", help="hide the step logs; print only the summary")
     args = parser.parse_args(argv)
-    try:
-        outcome = run_pipeline(args.dataset, args.profile, args.overrides, seed=args.seed,
-                               promote=not args.no_promote, pipeline_root=args.pipeline_root, echo=not args.quiet)
-    except (UserError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command (the prepared cache is reused)", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: _run_and_report(args), "rerun the same command (the prepared cache is reused)")
+
+
+def _run_and_report(args: argparse.Namespace) -> int:
+    outcome = run_pipeline(args.dataset, args.profile, args.overrides, seed=args.seed,
+                           promote=not args.no_promote, pipeline_root=args.pipeline_root, echo=not args.quiet)
     print("\n" + format_summary(outcome))
     if outcome.status == "failed":
         print(f"error: {outcome.error}", file=sys.stderr)

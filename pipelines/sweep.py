@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from anet.errors import UserError
+from anet.errors import UserError, run_guarded
 from anet.io import pid_alive
 from anet.mlops.optuna_bridge import TrialRef, open_storage, redact, storage_url
 
@@ -166,18 +166,12 @@ def run_worker(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=args.seed * 1000 + args.worker + finished_count_safe(args))
-    study = optuna.load_study(study_name=args.study_name, storage=open_storage(args.storage), sampler=sampler)
+    study = optuna.load_study(study_name=args.study_name, storage=open_storage(args.storage))
+    # distinct, reproducible TPE streams per worker and per resume
+    study.sampler = optuna.samplers.TPESampler(seed=args.seed * 1000 + args.worker + len(study.get_trials(deepcopy=False)))
     for _ in range(args.quota):
         run_one_trial(study, args)
     return 0
-
-
-def finished_count_safe(args: argparse.Namespace) -> int:
-    import optuna
-
-    study = optuna.load_study(study_name=args.study_name, storage=open_storage(args.storage))
-    return len(study.get_trials(deepcopy=False))
 
 
 def spawn_workers(args: argparse.Namespace, remaining: int, log_dir: Path) -> list[subprocess.Popen]:
@@ -256,12 +250,11 @@ def coordinate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body() -> int:
         args = parse_args(argv)
         return run_worker(args) if args.worker is not None else coordinate(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    return run_guarded(body, "rerun the same command to resume the study")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,12 @@ def test_invalid_yaml_names_line(tmp_path):
     path.write_text("model:\n  depth: [50\n")
     with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
         load_config(str(path))
+
+
+def test_cli_prints_one_line_for_a_config_mistake(capsys):
+    from anet.cli import main
+
+    assert main(["train", "--config", "smoke", "loss.lamda_a=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: unknown config key 'loss.lamda_a'; did you mean 'loss.lambda_a'? "
+                   "(valid here: label_smoothing, triplet_margin, soft_margin, lambda_a, lambda_g, lambda_van)"]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from anet.config import ConfigError, ExperimentConfig, load_config
+from anet.config import ExperimentConfig, load_config
 from anet.errors import UserError
 from anet.io import atomic_write_text
 
@@ -34,7 +34,7 @@ def _reported(step: str) -> Callable[[F], F]:
         def inner(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except (UserError, ConfigError) as exc:
+            except UserError as exc:
                 print(f"error: {step}: {exc}", flush=True)
                 raise
             except Exception as exc:
