@@ -1,6 +1,8 @@
 """Load pretrained backbone weights (IBN-Net / FastReID / torchvision layouts) with one clear error.
 
-Accepted files (always read with ``torch.load(weights_only=True)``):
+Local files only (a path or a ``file://`` URL), always read with ``torch.load(weights_only=True)``;
+``http(s)://`` and ``s3://`` sources are fetched and hash-checked beforehand by
+:func:`anet.mlops.pretrained.resolve_pretrained`, which returns the local path to pass here. Accepted files:
 
 * a plain state dict (IBN-Net v1.0 release ``resnet50_ibn_a-d9d0bb7b.pth``, torchvision ResNet);
 * ``{'state_dict': ...}`` whose keys may carry ``module.`` (IBN-Net 2018 ``.pth.tar``);
@@ -12,7 +14,8 @@ in ONE :class:`~anet.errors.UserError` line.
 
 Example:
     >>> backbone = build_backbone(50, ibn=True)
-    >>> load_backbone_weights(backbone, "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth")
+    >>> weights = resolve_pretrained(IBN_NET_R50_URL)      # anet.mlops.pretrained: download once, verify
+    >>> load_backbone_weights(backbone, weights.path)
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ _PREFIXES = ("module.",)
 
 
 def load_backbone_weights(backbone: nn.Module, path_or_url: str | Path) -> list[str]:
-    """Load a weight file or http(s)/file URL into ``backbone``; return the keys that were ignored.
+    """Load a local weight file (path or file:// URL) into ``backbone``; return the keys that were ignored.
 
     Raises:
-        UserError: unreadable file/URL, no state dict inside, or keys/shapes that do not match.
+        UserError: a remote source, an unreadable file, no state dict inside, or keys/shapes that do not match.
     """
     source = str(path_or_url)
     raw = _read(source)
@@ -50,14 +53,9 @@ def load_backbone_weights(backbone: nn.Module, path_or_url: str | Path) -> list[
 
 def _read(source: str) -> object:
     scheme = urllib.parse.urlparse(source).scheme
-    if scheme in {"http", "https"}:
-        try:
-            return torch.hub.load_state_dict_from_url(
-                source, map_location="cpu", weights_only=True, check_hash=False, progress=False
-            )
-        except Exception as exc:  # network, HTTP or format errors: one line naming the URL
-            raise UserError(f"{source}: cannot download/read weights ({_short(exc)}); "
-                            "check the URL in model.pretrained or download the file and give its path") from None
+    if scheme in {"http", "https", "s3"}:  # no network here: the caller resolves it first (pre-flight)
+        raise UserError(f"{source}: load_backbone_weights reads local files only; resolve the source with "
+                        "anet.mlops.pretrained.resolve_pretrained and pass the returned path")
     path = Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)) if scheme == "file" \
         else Path(source).expanduser()
     if not path.is_file():
