@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from anet.config import ModelCfg
 from anet.errors import UserError
 from anet.mlops.pretrained import (
     IBN_NET_R50_URL,
@@ -82,6 +83,7 @@ def test_none_means_from_scratch():
     assert resolve_pretrained(None) is None and resolve_pretrained("none") is None
     assert resolve_pretrained(" None ") is None and resolve_pretrained("") is None
     assert pretrained_tags(None) == {"pretrained.source": "none", "pretrained.sha256": ""}
+    assert ModelCfg(pretrained="none").pretrained is None and ModelCfg(pretrained=" None").pretrained is None
 
 
 def test_local_path_is_used_in_place_and_lands_in_the_backbone(tmp_path):
