@@ -17,7 +17,7 @@ Epoch plan, a pure function of ``(seed, epoch)`` and the labels (never of the ra
   each, i.e. the largest ``S <= C // P`` (C = total chunks) with ``sum_i min(c_i, S) >= S * P``.
   Without a dominant identity that is ``C // P``: the fewer than P chunks left over are dropped (a
   random few each epoch). An identity with more than ``S`` chunks appears in every step and its
-  surplus chunks are dropped. Every other image is seen at least once per epoch.
+  surplus chunks are dropped. Every image outside the dropped chunks is seen at least once per epoch.
 * Each step takes P distinct identities, drawn without replacement with probability proportional to
   their remaining chunks (Gumbel top-k), except that identities with as many chunks left as steps
   left are always taken: this keeps the plan feasible to the last step, so ``len()`` is exact.
