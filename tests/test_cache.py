@@ -83,23 +83,24 @@ def test_quarantine_below_and_above_limit(dataset, tmp_path, monkeypatch):
     (root / records[0][0]).write_bytes(b"")  # zero bytes
     (root / records[1][0]).write_bytes(_jpeg(1)[:200])  # truncated
     (root / records[2][0]).write_bytes(b"not an image at all")
-    (root / records[3][0]).write_bytes(_jpeg(3, mode="L"))  # grayscale
+    (root / records[3][0]).unlink()  # listed but missing: counts against the limit like the others
     manifest = build_manifest("synthetic", root, records, VOCAB)
     with pytest.raises(UserError) as err:
         prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.1, progress=False)
     message = str(err.value)
     assert "4 of 27 images" in message and "quarantine_max_fraction=0.1" in message
+    assert "(missing 1, not an image 1, truncated 1, zero bytes 1)" in message
     report = Path(message.split("see ")[1].split(" ")[0])
     assert report.is_file() and report.parent.name.startswith("synthetic-16x16-")
 
-    def boom(data, size):
+    def boom(*args, **kwargs):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(cache_mod, "decode_resize", boom)  # a higher limit reuses the checked cache
     prepared = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.2, progress=False)
     reasons = dict(zip(prepared.quarantine["path"], prepared.quarantine["reason"], strict=True))
     assert reasons == {records[0][0]: "zero bytes", records[1][0]: "truncated",
-                       records[2][0]: "not an image", records[3][0]: "mode L"}
+                       records[2][0]: "not an image", records[3][0]: "missing"}
     assert not set(reasons) & set(prepared.manifest.frame["path"])
     assert len(prepared.manifest.frame) == len(records) - 4
 
@@ -109,7 +110,7 @@ def test_cache_reused_without_decoding(dataset, tmp_path, monkeypatch):
     manifest = build_manifest("synthetic", root, records, VOCAB)
     first = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
 
-    def boom(data, size):
+    def boom(*args, **kwargs):
         raise AssertionError("decoded on a cache hit")
 
     monkeypatch.setattr(cache_mod, "decode_resize", boom)
@@ -131,10 +132,10 @@ _SLOW_PREPARE = textwrap.dedent("""
     from anet.data import cache
     from anet.data.manifest import Manifest
     real = cache.decode_resize
-    def slow(data, size):
+    def slow(*args, **kwargs):
         print("decoding", flush=True)
         time.sleep(0.2)
-        return real(data, size)
+        return real(*args, **kwargs)
     cache.decode_resize = slow
     cache.prepare_dataset(Manifest.load(sys.argv[1]), Path(sys.argv[2]), (16, 16), 0.0, progress=False)
 """)
@@ -166,7 +167,7 @@ def test_train_and_eval_batches(dataset, tmp_path):
     train = prepared.train_rows()
     sampler = PKSampler(train["label"].to_numpy(), p=3, k=2, seed=0)
     batches = list(TrainBatches(prepared, sampler, ("color", "type")))
-    assert len(batches) == 2
+    assert len(batches) == len(sampler) == 4  # one pass: 6 ids x 4 images / (3 x 2)
     b = batches[0]
     assert b.images.shape == (6, 16, 8, 3) and b.images.dtype == torch.uint8
     assert b.labels.dtype == torch.int64 and set(b.attrs) == {"color", "type"}

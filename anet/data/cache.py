@@ -9,9 +9,10 @@
         meta.json         fingerprint, image size, counts
         COMPLETE          written last; a directory without it is never used
 
-The fingerprint is sha256 over the manifest content, the sha256 of every image file and the
-target size. Each file is read once: hashed and decoded from the same bytes. So that a rerun does
-not have to read every file again, ``<cache_root>/.memo/<key>`` maps a quick key (manifest hash +
+The fingerprint is sha256 over the manifest content, the sha256 of every image file, the
+target size and the image policy (``min_image_size``, which decides which images are kept). Each
+file is read once: hashed and decoded from the same bytes. So that a rerun does not have to read
+every file again, ``<cache_root>/.memo/<key>`` maps a quick key (manifest hash +
 size, mtime and inode of every file, as git's index does) to the cache directory: a rerun on
 unchanged files returns the cache after one ``stat`` per file, without reading or decoding. When
 the quick key misses but the content is the same (files touched or copied), the images are
@@ -21,8 +22,15 @@ leaves a cache that looks valid.
 
 Rows of quarantined images stay zero in ``images.npy``; no manifest row points at them.
 
+Image policy (:func:`decode_resize`): grayscale (``L``, ``1``), palette (``P``, ``PA``), ``LA``/``RGBA``
+and ``CMYK`` images are valid and converted to RGB (alpha is dropped, the colour channels kept as
+stored). Quarantined, with the reason in ``quarantine.csv``: a listed file that does not exist
+(``missing``), zero bytes, truncated or unreadable data, not an image, other modes (16-bit / float),
+a shorter side below ``min_image_size`` pixels (``too small``), and content in another format than
+the file name says (``wrong format``: a PNG named ``.jpg``). Each counts against ``quarantine_max_fraction``.
+
 Example:
-    >>> prepared = prepare_dataset(manifest, Path(".cache/anet"), (128, 128), 0.01, progress=True)
+    >>> prepared = prepare_dataset(manifest, Path(".cache/anet"), (128, 128), 0.01, min_image_size=16)
     >>> prepared = PreparedDataset.open(prepared.cache_dir)     # what later steps do
     >>> prepared.images[prepared.train_rows()["cache_index"].to_numpy()[:4]].shape
     (4, 128, 128, 3)
@@ -52,6 +60,10 @@ from anet.io import atomic_write_text, pid_alive
 
 COMPLETE = "COMPLETE"
 WORKERS = 2  # Pillow releases the GIL in decode and resize, so threads use both cores
+_FORMAT = 2  # of the cache content; 2: the image policy above (1 quarantined every non-RGB image)
+RGB_MODES = frozenset({"RGB", "L", "1", "P", "PA", "LA", "RGBA", "CMYK"})  # converted to RGB, not refused
+FORMATS_BY_SUFFIX = {".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".bmp": {"BMP"},
+                     ".webp": {"WEBP"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"}}  # MPO: camera JPEGs with a preview
 
 
 @dataclass(frozen=True)
@@ -108,40 +120,44 @@ def prepare_dataset(
     image_size: tuple[int, int],
     quarantine_max_fraction: float = 0.01,
     progress: bool = True,
+    min_image_size: int = 16,
 ) -> PreparedDataset:
     """Check, resize and cache every image of ``manifest``; reuse the cache when nothing changed.
 
-    Bad images (missing, unreadable, zero bytes, truncated, not an image, mode other than RGB) are
-    excluded and listed in ``quarantine.csv``; more than ``quarantine_max_fraction`` of the unique
-    images quarantined raises a UserError naming the report. Example in the module docstring.
+    Bad images (see the image policy in the module docstring: missing, unreadable, too small, content
+    not the format the name says, ...) are excluded and listed in ``quarantine.csv``; more than
+    ``quarantine_max_fraction`` of the unique images quarantined raises a UserError naming the report.
+    ``min_image_size`` (``data.min_image_size``): the shortest side, in pixels, an image must have.
+    Example in the module docstring.
     """
     h, w = int(image_size[0]), int(image_size[1])
     cache_root = Path(cache_root)
     paths = sorted(set(manifest.frame["path"]))
     if not paths:
         raise UserError(f"{manifest.dataset} manifest (root {manifest.root}) lists no images; nothing to prepare")
-    manifest_hash = _manifest_hash(manifest, (h, w))
+    manifest_hash = _manifest_hash(manifest, (h, w), int(min_image_size))
     memo = cache_root / ".memo" / _stat_key(manifest_hash, Path(manifest.root), paths)
     final = _lookup(memo, cache_root)
     if final is None:
-        final = _build_and_publish(manifest, paths, manifest_hash, (h, w), cache_root, progress)
+        final = _build_and_publish(manifest, paths, manifest_hash, (h, w), int(min_image_size), cache_root,
+                                   progress)
         atomic_write_text(memo, final.name + "\n")
     prepared = PreparedDataset.open(final)
     # Published even when too many images are bad: the content is right and the limit is a policy
     # checked on every call, so a rerun with a higher limit reuses the cache without decoding.
-    _check_quarantine(len(prepared.quarantine), len(paths), quarantine_max_fraction, final / "quarantine.csv")
+    _check_quarantine(prepared.quarantine, len(paths), quarantine_max_fraction, final / "quarantine.csv")
     return prepared
 
 
 def _build_and_publish(manifest: Manifest, paths: list[str], manifest_hash: str, size: tuple[int, int],
-                       cache_root: Path, progress: bool) -> Path:
+                       min_side: int, cache_root: Path, progress: bool) -> Path:
     """Read, hash and decode every image once into a temp dir; rename it to its fingerprint name."""
     prefix = f"{manifest.dataset}-{size[0]}x{size[1]}"
     _remove_dead_temps(cache_root, prefix)
     tmp = cache_root / f".tmp-{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        digests = _build(manifest, paths, size, tmp, progress)
+        digests = _build(manifest, paths, size, min_side, tmp, progress)
         fingerprint = hashlib.sha256((manifest_hash + "\n" + "\n".join(digests)).encode()).hexdigest()
         final = cache_root / f"{prefix}-{fingerprint[:16]}"
         if not (final / COMPLETE).is_file():  # else: same content under new mtimes, keep the existing one
@@ -154,20 +170,27 @@ def _build_and_publish(manifest: Manifest, paths: list[str], manifest_hash: str,
     return final
 
 
-def decode_resize(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
-    """Decode image bytes and resize to (h, w): (uint8 H x W x 3, "") or (None, quarantine reason)."""
+def decode_resize(data: bytes, size: tuple[int, int], *, min_side: int = 1,
+                  name: str = "") -> tuple[np.ndarray | None, str]:
+    """Decode image bytes and resize to (h, w): (uint8 H x W x 3, "") or (None, quarantine reason).
+
+    ``min_side``: the shortest side an image must have; ``name``: the file name, whose suffix the
+    content must match (unknown suffixes are not checked). Policy in the module docstring.
+    """
     h, w = size
     if not data:
         return None, "zero bytes"
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.mode != "RGB":
-                return None, f"mode {img.mode}"
+            reason = refusal(img, name, min_side)
+            if reason:
+                return None, reason
             img.draft("RGB", (w, h))  # JPEG DCT scaling when the image is >= 2x the target
             img.load()
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8), ""  # H x W x 3
+            rgb = _to_rgb(img)
+            if rgb.size != (w, h):
+                rgb = rgb.resize((w, h), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8), ""  # H x W x 3
     except UnidentifiedImageError:
         return None, "not an image"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -175,12 +198,35 @@ def decode_resize(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray | None
         return None, "truncated" if "truncated" in text.lower() else f"unreadable: {text}"
 
 
-def _manifest_hash(manifest: Manifest, size: tuple[int, int]) -> str:
-    """sha256 over the manifest content (root included: the cached manifest records it) and the size."""
+def refusal(img: Image.Image, name: str, min_side: int) -> str:
+    """Why an opened (not yet decoded) image is refused, or ""; sizes are the file's, before any draft."""
+    suffix = Path(name).suffix.lower()
+    expected = FORMATS_BY_SUFFIX.get(suffix)
+    if expected is not None and img.format not in expected:
+        return f"wrong format: {img.format} content, name says {suffix}"
+    if img.mode not in RGB_MODES:
+        return f"mode {img.mode}"
+    if min(img.size) < min_side:
+        return f"too small: {img.size[0]}x{img.size[1]}, shorter side below data.min_image_size={min_side}"
+    return ""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow's advised path for palette transparency; alpha dropped below
+    return img.convert("RGB")
+
+
+def _manifest_hash(manifest: Manifest, size: tuple[int, int], min_side: int) -> str:
+    """sha256 over the manifest content (root included: the cached manifest records it), the size and
+    the image policy (``min_side`` decides which images are kept)."""
     frame = manifest.frame[sorted(manifest.frame.columns)]
     digest = hashlib.sha256()
     digest.update(json.dumps({"dataset": manifest.dataset, "root": manifest.root, "vocab": manifest.vocab,
-                              "size": list(size), "format": 1}, sort_keys=True).encode())
+                              "size": list(size), "min_side": min_side, "format": _FORMAT},
+                             sort_keys=True).encode())
     digest.update(frame.to_csv(index=False).encode())
     return digest.hexdigest()
 
@@ -206,7 +252,8 @@ def _lookup(memo: Path, cache_root: Path) -> Path | None:
     return final if (final / COMPLETE).is_file() else None
 
 
-def _build(manifest: Manifest, paths: list[str], size: tuple[int, int], tmp: Path, progress: bool) -> list[str]:
+def _build(manifest: Manifest, paths: list[str], size: tuple[int, int], min_side: int, tmp: Path,
+           progress: bool) -> list[str]:
     """Read each file once: hash it and decode + resize the same bytes into ``tmp``. Returns the hashes."""
     h, w = size
     root = Path(manifest.root)
@@ -216,9 +263,11 @@ def _build(manifest: Manifest, paths: list[str], size: tuple[int, int], tmp: Pat
     def one(index: int) -> tuple[str, str]:
         try:
             data = (root / paths[index]).read_bytes()
+        except FileNotFoundError:
+            return "missing", "missing"  # listed but absent: quarantined like a corrupt file
         except OSError as exc:
-            return "missing", f"unreadable: {exc.strerror or exc}"
-        pixels, reason = decode_resize(data, size)
+            return "unreadable", f"unreadable: {exc.strerror or exc}"
+        pixels, reason = decode_resize(data, size, min_side=min_side, name=paths[index])
         if pixels is not None:
             images[index] = pixels
         return hashlib.sha256(data).hexdigest(), reason
@@ -234,17 +283,26 @@ def _build(manifest: Manifest, paths: list[str], size: tuple[int, int], tmp: Pat
     frame = manifest.frame[~manifest.frame["path"].isin(bad)].reset_index(drop=True)
     frame["cache_index"] = frame["path"].map(index_of).astype("int64")
     dataclasses.replace(manifest, frame=frame).save(tmp / "manifest.parquet")
-    meta = {"dataset": manifest.dataset, "image_size": [h, w], "num_images": len(paths),
-            "num_quarantined": len(bad), "num_rows": len(frame)}
+    meta = {"dataset": manifest.dataset, "image_size": [h, w], "min_image_size": min_side,
+            "num_images": len(paths), "num_quarantined": len(bad), "num_rows": len(frame),
+            "quarantine_reasons": _reason_counts(quarantine)}
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
     return [digest for digest, _ in results]
 
 
-def _check_quarantine(bad: int, total: int, limit: float, report: Path) -> None:
+def _reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
+    """``{"missing": 2, "too small": 1, "unreadable": 1}``: reasons up to their first ':'."""
+    kinds = quarantine["reason"].astype(str).str.split(":").str[0]
+    return {str(k): int(n) for k, n in kinds.value_counts().sort_index().items()}
+
+
+def _check_quarantine(quarantine: pd.DataFrame, total: int, limit: float, report: Path) -> None:
+    bad = len(quarantine)
     if total and bad / total > limit:
+        reasons = ", ".join(f"{kind} {n}" for kind, n in _reason_counts(quarantine).items())
         raise UserError(
-            f"{bad} of {total} images ({bad / total:.2%}) are unreadable or invalid, above the limit "
-            f"data.quarantine_max_fraction={limit}; see {report} (fix the files or raise the limit)"
+            f"{bad} of {total} images ({bad / total:.2%}) are missing, unreadable or invalid ({reasons}), above "
+            f"the limit data.quarantine_max_fraction={limit}; see {report} (fix the files or raise the limit)"
         )
 
 
