@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +43,7 @@ class _Frozen(BaseModel):
 
 
 class SyntheticCfg(_Frozen):
-    """Knobs of the built-in procedural vehicle dataset (anet.data.synthetic)."""
+    """Knobs of the built-in procedural vehicle dataset (anet.synthetic.generator)."""
 
     train_ids: int = Field(120, ge=2)
     test_ids: int = Field(60, ge=2)
@@ -64,6 +65,7 @@ class DataCfg(_Frozen):
     k_imgs: int = Field(4, ge=2)
     cache_dir: str = ".cache/anet"
     quarantine_max_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    min_image_size: int = Field(16, ge=1)  # px on the shorter side; smaller images are quarantined
     synthetic: SyntheticCfg = SyntheticCfg()
 
 
@@ -91,7 +93,16 @@ class ModelCfg(_Frozen):
     s_f: int = Field(512, ge=8)
     s_a: int = Field(128, ge=8)
     s_j: int = Field(512, ge=8)
-    pretrained: str | None = None
+    pretrained: str | None = None  # http(s):// URL, s3:// object or local path (anet.mlops.pretrained); none = scratch
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_none(cls, data: Any) -> Any:
+        """``pretrained: none`` (a YAML string) means from scratch, like null: one spelling, one digest."""
+        value = data.get("pretrained") if isinstance(data, dict) else None
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "null"}:
+            return {**data, "pretrained": None}
+        return data
 
 
 class LossCfg(_Frozen):
@@ -198,14 +209,99 @@ def profile_path(profile: str) -> Path:
 
 
 def load_config(profile: str = "synthetic", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a YAML profile, apply dotted ``key=value`` overrides, validate.
+    """Load a YAML profile, apply dotted ``key=value`` overrides (command-line text), validate.
 
     Example:
         >>> cfg = load_config("smoke", ["loss.lambda_g=2"])
         >>> cfg.loss.lambda_g
         2.0
     """
+    return resolve_config(profile, parse_overrides(overrides))
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Command-line ``key=value`` strings -> ``{dotted key: typed value}`` (each value parsed as YAML once).
+
+    This is the only place where override text becomes values; everything after it is typed.
+
+    Example:
+        >>> parse_overrides(["loss.lambda_a=0.5", "stage_one.milestones=[10, 20]"])
+        {'loss.lambda_a': 0.5, 'stage_one.milestones': [10, 20]}
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} (command line): expected key=value, e.g. loss.lambda_a=0.5")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r} (command line): the value is not valid YAML") from None
+    return parsed
+
+
+class RunSettings(_Frozen):
+    """The pipeline's typed run parameters; ``None`` keeps the profile's value.
+
+    Each field names the config key it sets (:data:`RUN_SETTING_KEYS`), so ``lambda_g`` in the DAG's
+    signature, the sweep's suggestion and ``cfg.loss.lambda_g`` in the criterion are one name.
+    """
+
+    lambda_a: float | None = None
+    lambda_g: float | None = None
+    lambda_van: float | None = None
+    lr: float | None = None
+    epochs: int | None = None
+    eval_every: int | None = None
+    seed: int | None = None
+    promotion_margin: float | None = None
+
+    def as_overrides(self) -> dict[str, Any]:
+        """``{dotted config key: value}`` for every field that is set."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                out.update({key: value for key in RUN_SETTING_KEYS[name]})
+        return out
+
+
+RUN_SETTING_KEYS: dict[str, tuple[str, ...]] = {
+    "lambda_a": ("loss.lambda_a",), "lambda_g": ("loss.lambda_g",), "lambda_van": ("loss.lambda_van",),
+    "lr": ("stage_one.lr",), "epochs": ("stage_one.epochs",),
+    "eval_every": ("stage_one.eval_every", "stage_two.eval_every"), "seed": ("runtime.seed",),
+    "promotion_margin": ("registry.promotion_margin",),
+}
+
+
+def resolve_config(profile: str, overrides: Mapping[str, Any] | None = None, settings: RunSettings | None = None,
+                   *, dataset: str | None = None, data_root: str | None = None,
+                   cache_root: str | None = None) -> ExperimentConfig:
+    """Profile + typed overrides + run settings (+ dataset and data/cache locations) -> the config.
+
+    The one resolution every edge uses (CLI, pipeline runner, the prepare step of a pipeline started
+    from the Kubeflow UI, sweep trials). Later keys win: overrides, then settings, then locations.
+
+    Example:
+        >>> resolve_config("smoke", {"stage_two.epochs": 0}, RunSettings(lambda_g=0.5)).loss.lambda_g
+        0.5
+    """
     path = profile_path(profile)
+    raw = _read_profile(path)
+    items: dict[str, Any] = dict(overrides or {})
+    if settings is not None:
+        items.update(settings.as_overrides())
+    if dataset and dataset != raw.get("data", {}).get("dataset"):
+        items.update({"data.dataset": dataset, "data.root": f"data/{dataset}"})
+    if data_root:
+        items["data.root"] = data_root
+    if cache_root:
+        items["data.cache_dir"] = cache_root
+    for key, value in items.items():
+        _set_dotted(raw, key, value)
+    return _validate(raw, source=f"{path} + overrides {sorted(items)}" if items else str(path))
+
+
+def _read_profile(path: Path) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"{path}: no such config profile; known profiles: {', '.join(known)}")
@@ -217,25 +313,20 @@ def load_config(profile: str = "synthetic", overrides: list[str] | tuple[str, ..
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    for item in overrides:
-        apply_override(raw, item)
-    return _validate(raw, source=str(path))
+    return raw
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override to a raw dict (value parsed as YAML)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.lambda_a=0.5")
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a raw dict, rejecting unknown keys early (naming the closest valid key)."""
     parts = key.strip().split(".")
     _check_path(parts)
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section")
+            raise ConfigError(f"override {key!r}: {part} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    node[parts[-1]] = value
 
 
 def _check_path(parts: list[str]) -> None:

@@ -134,6 +134,23 @@ def ac_tri(f_vec: torch.Tensor, j_vec: torch.Tensor, ids: torch.Tensor) -> torch
     return _masked_mean(pos_term + neg_term, valid)
 
 
+class WeightedTerms(dict):
+    """Weighted loss terms by name (what the engine sums) plus each term's raw, unweighted value.
+
+    ``raw[name]`` is the term before its lambda (detached), so ``train/raw/tri_f`` can be compared
+    across sweep trials with different lambdas while ``train/tri_f`` is what the optimiser saw.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, weight: float, raw: torch.Tensor) -> None:
+        """Store ``weight * raw`` under ``name`` and the raw value beside it."""
+        self[name] = weight * raw
+        self.raw[name] = raw.detach()
+
+
 class Criterion:
     """L (eq. 10) in stage one, L' (eq. 13) with ``amelioration=True``; returns weighted terms by name.
 
@@ -153,29 +170,29 @@ class Criterion:
         self.amelioration = amelioration
 
     def __call__(self, out: ANetOutput, ids: torch.Tensor, attrs: Mapping[str, torch.Tensor]
-                 ) -> dict[str, torch.Tensor]:
+                 ) -> WeightedTerms:
         cfg, has_joint = self.cfg, out.j_vec is not None
         w_van = cfg.lambda_van if has_joint else 1.0
         if self.amelioration and not has_joint:
             raise UserError("stage_two.amelioration=true needs model.variant anet or anet_att "
                             "(AC compares j with f); set stage_two.amelioration=false")
-        terms: dict[str, torch.Tensor] = {}
+        terms = WeightedTerms()
         if not self.amelioration:
-            terms["tri_f"] = w_van * triplet_hard(out.f_vec, ids, cfg.triplet_margin, cfg.soft_margin)
-            terms["id_f"] = w_van * cross_entropy_ls(out.f_logits, ids, cfg.label_smoothing)
+            terms.add("tri_f", w_van, triplet_hard(out.f_vec, ids, cfg.triplet_margin, cfg.soft_margin))
+            terms.add("id_f", w_van, cross_entropy_ls(out.f_logits, ids, cfg.label_smoothing))
         for name, logits in out.a_logits.items():
             if name not in attrs:
                 raise UserError(f"attribute {name!r} is predicted by the model but missing from the batch "
                                 f"(batch has: {', '.join(attrs) or 'none'}); check data.attributes")
-            terms[f"att/{name}"] = w_van * cfg.lambda_a * attribute_ce(logits, attrs[name])
+            terms.add(f"att/{name}", w_van * cfg.lambda_a, attribute_ce(logits, attrs[name]))
         if has_joint:
             assert out.j_logits is not None and out.g_vec is not None
-            terms["tri_j"] = triplet_hard(out.j_vec, ids, cfg.triplet_margin, cfg.soft_margin)
-            terms["id_j"] = cross_entropy_ls(out.j_logits, ids, cfg.label_smoothing)
+            terms.add("tri_j", 1.0, triplet_hard(out.j_vec, ids, cfg.triplet_margin, cfg.soft_margin))
+            terms.add("id_j", 1.0, cross_entropy_ls(out.j_logits, ids, cfg.label_smoothing))
             pattern_attrs = {n: attrs[n] for n in out.a_logits}
-            terms["tri_g"] = cfg.lambda_g * attribute_triplet(out.g_vec, pattern_attrs, cfg.triplet_margin,
-                                                              cfg.soft_margin)
+            terms.add("tri_g", cfg.lambda_g, attribute_triplet(out.g_vec, pattern_attrs, cfg.triplet_margin,
+                                                                cfg.soft_margin))
         if self.amelioration:
-            terms["ac_tri"] = ac_tri(out.f_vec, out.j_vec, ids)
-            terms["ac_id"] = ac_id(out.f_logits, out.j_logits, ids, cfg.label_smoothing)
+            terms.add("ac_tri", 1.0, ac_tri(out.f_vec, out.j_vec, ids))
+            terms.add("ac_id", 1.0, ac_id(out.f_logits, out.j_logits, ids, cfg.label_smoothing))
         return terms

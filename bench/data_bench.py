@@ -32,6 +32,7 @@ from anet.data.cache import decode_resize, prepare_dataset
 from anet.data.loader import TrainBatches
 from anet.data.manifest import build_manifest
 from anet.data.sampler import PKSampler
+from anet.model import build_model
 
 
 def make_jpegs(root: Path, ids: int, per_id: int, seed: int = 0) -> list[tuple]:
@@ -75,7 +76,6 @@ def time_batches(prepared, p: int, k: int, batches: int) -> tuple[float, object]
 
 
 def time_train_step(images: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
-    from anet.model import build_model
 
     model = build_model(ModelCfg(variant="anet", depth=18, ibn=True), num_ids=int(labels.max()) + 1,
                         attr_classes={"color": 10, "type": 9}).to(memory_format=torch.channels_last)

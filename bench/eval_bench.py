@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anet.evaluation.ranking import rank_metrics
+
 SHAPES = {"small": (10_000, 38_861), "large": (10_000, 128_517)}
 DIM = 512
 
@@ -67,7 +69,6 @@ def _worker(mode: str, data: Path, block_size: int) -> dict:
             stop = min(start + block_size, len(qf))
             torch.mm(qf[start:stop], gf.t(), out=buf[: stop - start])
     else:
-        from anet.evaluation.ranking import rank_metrics
 
         r = rank_metrics(
             qf, arrays["query_ids"], arrays["query_cams"], gf, arrays["gallery_ids"],

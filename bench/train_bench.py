@@ -1,7 +1,7 @@
 """Training throughput of the real ANet step: fp32 NCHW against bf16 autocast + channels_last.
 
 One training step = device augmentation (BatchAugment) + forward + criterion (fp32) + backward + Adam,
-on random uint8 images of P x K = 8 x 4 identities, exactly as anet.engine runs it. Both formats are
+on random uint8 images of P x K = 8 x 4 identities, exactly as anet.train.engine runs it. Both formats are
 measured in the same process, one after the other, so their ratio is meaningful on a noisy machine.
 
 Usage (jemalloc as `make bench` uses it)::
@@ -23,10 +23,10 @@ import torch
 
 from anet.config import AugmentCfg, LossCfg, ModelCfg, StageCfg
 from anet.data.augment import BatchAugment
-from anet.engine import make_optimizer, to_fp32
 from anet.losses import Criterion
 from anet.model import build_model
-from anet.runtime import autocast
+from anet.train.engine import make_optimizer, to_fp32
+from anet.train.runtime import autocast
 
 ATTR_CLASSES = {"color": 10, "type": 9}
 NUM_IDS = 120  # the synthetic profile's training identities

@@ -1,6 +1,8 @@
 """Component: retrieval evaluation of the final checkpoint (skipped cleanly when it was pruned)."""
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -12,10 +14,10 @@ def evaluate(
     config_json: str,
     prepared: Input[Dataset],
     model: Input[Model],
-    mlflow_parent_run_id: str,
     metrics: Output[Metrics],
     report: Output[Markdown],
     files: Output[Artifact],
+    mlflow_parent_run_id: Optional[str] = None,
 ) -> str:
     """Returns the evaluation result as JSON (metrics by ``eval/<split>/<metric>``, or the skip reason).
 
@@ -23,9 +25,9 @@ def evaluate(
     """
     import json
 
-    from anet import steps
+    from anet import steps  # lazy: kfp runs only this function body, inside the image
 
-    result = steps.evaluate(config_json, prepared.path, model.path, files.path, mlflow_parent_run_id)
+    result = steps.evaluate(config_json, prepared.path, model.path, files.path, parent_run_id=mlflow_parent_run_id)
     for name, value in result.get("metrics", {}).items():
         metrics.log_metric(name, value)
     steps.write_report(report.path, result["report_md"])

@@ -1,6 +1,8 @@
 """Component: log and register the model in MLflow; move alias ``champion`` only if it wins."""
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Input, Model
 
@@ -13,8 +15,8 @@ def register_model(
     dataset: str,
     evaluation_json: str,
     model: Input[Model],
-    mlflow_parent_run_id: str,
     promote: bool,
+    mlflow_parent_run_id: Optional[str] = None,
 ) -> str:
     """Returns the registration summary as JSON (status, metrics, model_version, champion, decision).
 
@@ -22,7 +24,7 @@ def register_model(
     """
     import json
 
-    from anet import steps
+    from anet import steps  # lazy: kfp runs only this function body, inside the image
 
-    return json.dumps(steps.register(config_json, dataset, evaluation_json, model.path, mlflow_parent_run_id,
-                                     promote=promote))
+    return json.dumps(steps.register(config_json, dataset, evaluation_json, model.path,
+                                     parent_run_id=mlflow_parent_run_id, promote=promote))

@@ -16,12 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from components import IMAGE
+from pipelines.dag import make_pipeline
+
 
 def compile_pipeline(output: str | Path, gpus: int = 1) -> Path:
     """Write the IR YAML for a pipeline with ``gpus`` GPUs per train task; returns the path."""
     from kfp import compiler
 
-    from pipelines.dag import make_pipeline
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gpus < 0:
         parser.error("--gpus must be >= 0")
     path = compile_pipeline(args.output, gpus=args.gpus)
-    from components import IMAGE
 
     print(f"wrote {path} (image {IMAGE}, {args.gpus} GPU(s) per train task)")
     return 0

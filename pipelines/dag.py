@@ -12,9 +12,14 @@ requests, secrets, PVC mounts), so they are always applied; a cluster honours th
   MLFLOW_TRACKING_PASSWORD);
 * every task mounts the PVC named by the ``cache_pvc`` parameter at ``/mnt/anet``; the prepared
   cache lives there (``cache_root`` defaults to ``/mnt/anet/cache``) and later steps find it through
-  the location written in the Dataset artifact, so no images are copied between steps. The PVC is
-  pre-provisioned (ReadWriteMany for parallel sweeps) rather than created per run, so that a rerun
-  or the next trial reuses the cache keyed by the dataset fingerprint.
+  the location written in the Dataset artifact, so no images are copied between steps.
+
+Run settings: a run started from the Kubeflow UI sets ``profile``, ``overrides`` (a JSON object of
+dotted config keys, e.g. ``{"stage_two.epochs": 0}``) and the typed paper parameters ``lambda_a``,
+``lambda_g``, ``lambda_van`` (omitted: the profile's value); the prepare step resolves them into the
+config once. A driver (``pipelines.run``, the sweep) resolves the config itself and passes
+``config_json`` together with the typed values it contains. Either way every later step reads the
+config's JSON, and ``lambda_g`` ends up as ``cfg.loss.lambda_g`` in ``anet.losses.Criterion``.
 
 Example:
     >>> from pipelines.dag import anet_pipeline, make_pipeline
@@ -23,6 +28,7 @@ Example:
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects
 from collections.abc import Callable
+from typing import Optional
 
 from kfp import dsl, kubernetes
 
@@ -74,42 +80,41 @@ def make_pipeline(gpus: int = 1, cluster: bool = True) -> Callable:
     def anet_pipeline(
         dataset: str = "synthetic",
         profile: str = "synthetic",
-        overrides: str = "[]",
-        lambda_a: float = -1.0,
-        lambda_g: float = -1.0,
-        lambda_van: float = -1.0,
-        epochs: int = 0,
-        seed: int = -1,
-        promotion_margin: float = -1.0,
-        mlflow_parent_run_id: str = "",
-        trial_json: str = "",
-        data_root: str = "",
+        overrides: dict = {},
+        lambda_a: Optional[float] = None,
+        lambda_g: Optional[float] = None,
+        lambda_van: Optional[float] = None,
+        epochs: Optional[int] = None,
+        seed: Optional[int] = None,
+        promotion_margin: Optional[float] = None,
+        config_json: Optional[str] = None,
+        mlflow_parent_run_id: Optional[str] = None,
+        trial: dict = {},
+        data_root: Optional[str] = None,
         cache_root: str = CLUSTER_CACHE_ROOT,
         cache_pvc: str = "anet-cache",
         promote: bool = True,
     ) -> str:
-        """Negative lambdas / seed / margin and epochs=0 keep the profile's value; ``overrides`` is a
-        JSON list of ``key=value`` config overrides applied before them."""
+        """Omitted typed parameters keep the profile's value; ``overrides`` maps dotted config keys to values."""
         prep = prepare_data(
-            dataset=dataset, profile=profile, overrides=overrides, lambda_a=lambda_a, lambda_g=lambda_g,
-            lambda_van=lambda_van, epochs=epochs, seed=seed, promotion_margin=promotion_margin,
-            data_root=data_root, cache_root=cache_root, mlflow_parent_run_id=mlflow_parent_run_id,
+            profile=profile, dataset=dataset, overrides=overrides, cache_root=cache_root, lambda_a=lambda_a,
+            lambda_g=lambda_g, lambda_van=lambda_van, epochs=epochs, seed=seed, promotion_margin=promotion_margin,
+            config_json=config_json, data_root=data_root, mlflow_parent_run_id=mlflow_parent_run_id,
         ).set_display_name("prepare data")
         _platform(prep, cache_pvc, SECRETS, cpu="2", memory="8G")
-        config_json = prep.outputs["Output"]
+        resolved = prep.outputs["Output"]
 
-        one = train(config_json=config_json, prepared=prep.outputs["prepared"], stage_name="stage_one",
-                    mlflow_parent_run_id=mlflow_parent_run_id, trial_json=trial_json)
+        one = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_one",
+                    mlflow_parent_run_id=mlflow_parent_run_id, trial=trial)
         _train_settings(one, cache_pvc, gpus, "stage-one training", retries)
-        two = train(config_json=config_json, prepared=prep.outputs["prepared"], stage_name="stage_two",
-                    mlflow_parent_run_id=mlflow_parent_run_id, trial_json=trial_json,
-                    init_from=one.outputs["model"])
+        two = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_two",
+                    mlflow_parent_run_id=mlflow_parent_run_id, trial=trial, init_from=one.outputs["model"])
         _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries)
 
-        ev = evaluate(config_json=config_json, prepared=prep.outputs["prepared"], model=two.outputs["model"],
+        ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
                       mlflow_parent_run_id=mlflow_parent_run_id).set_display_name("evaluate")
         _platform(ev, cache_pvc, SECRETS, cpu="4", memory="16G")
-        reg = register_model(config_json=config_json, dataset=dataset, evaluation_json=ev.outputs["Output"],
+        reg = register_model(config_json=resolved, dataset=dataset, evaluation_json=ev.outputs["Output"],
                              model=two.outputs["model"], mlflow_parent_run_id=mlflow_parent_run_id,
                              promote=promote)
         reg.set_display_name("register model")

@@ -8,36 +8,47 @@ Examples::
     KFP_HOST=https://kfp.example.org KFP_TOKEN=... python -m pipelines.run --dataset veri776
 
     from pipelines.run import run_pipeline                         # the sweep's entry point
-    outcome = run_pipeline(dataset="synthetic", profile="smoke", overrides=["loss.lambda_a=0.3"])
+    outcome = run_pipeline(dataset="synthetic", profile="smoke", settings=RunSettings(lambda_a=0.3))
 
 Before any work: the config is resolved, the dataset is checked (a missing real dataset stops with
 the ``anet data import`` hint), the MLflow tracking server and S3 endpoint are reached (an
 unreachable one is named), and the MLflow parent run is created; its id is a pipeline parameter,
 each step opens a nested run under it. Locally every step is a subprocess of this Python
 (``SubprocessRunner(use_venv=False)``): no Docker, no cluster. A failing step stops the DAG and
-its one-line reason (the step's ``error: ...`` line) is printed; exit status 1.
+its one-line reason (which each step records on the MLflow parent run) is printed; exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import io
+import dataclasses
 import json
+import logging
 import os
 import re
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anet.errors import UserError, run_guarded
+import kfp
+from kfp import local
 
-TASK_NAMES = {"prepare-data": "prepare data", "train": "stage-one training", "train-2": "stage-two AC fine-tuning",
-              "evaluate": "evaluate", "register-model": "register model"}
+from anet import steps
+from anet.config import RUN_SETTING_KEYS, ExperimentConfig, RunSettings, parse_overrides, resolve_config
+from anet.errors import UserError, run_guarded
+from anet.logs import setup_logging
+from anet.mlops import s3, tracking
+from anet.mlops.pretrained import resolve_pretrained
+from pipelines.compile import compile_pipeline
+from pipelines.dag import CLUSTER_CACHE_ROOT, local_pipeline
+
+log = logging.getLogger("pipelines.run")
+TASK_NAMES = {"prepare": "prepare data", "train": "training", "evaluate": "evaluate", "register": "register model"}
 KFP_TERMINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -60,43 +71,38 @@ class PipelineOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrides: Sequence[str] = (),
-                 trial: dict[str, Any] | None = None, seed: int = 0, tags: dict[str, str] | None = None, *,
-                 promote: bool = True, pipeline_root: str | os.PathLike[str] = "local_outputs",
-                 run_name: str | None = None, echo: bool = True) -> PipelineOutcome:
+def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 settings: RunSettings | None = None, trial: dict[str, Any] | None = None,
+                 tags: dict[str, str] | None = None, *, promote: bool = True,
+                 pipeline_root: str | os.PathLike[str] = "local_outputs", run_name: str | None = None,
+                 echo: bool = True) -> PipelineOutcome:
     """Run the whole DAG once; returns its outcome (a failed step gives status "failed", not an exception).
 
-    Pre-flight problems (bad config, missing dataset, unreachable MLflow/S3) raise ``UserError`` /
-    ``ConfigError`` before anything starts. ``trial`` (a TrialRef dict) reaches the train steps as
-    JSON. ``promote=False`` registers without moving the champion alias (sweep trials).
+    The config is resolved here, once (profile + typed ``overrides`` + ``settings``), and travels to
+    every step as its JSON. Pre-flight problems (bad config, missing dataset, unreachable MLflow/S3)
+    raise ``UserError`` before anything starts. ``trial`` (a TrialRef dict) reaches the train steps.
+    ``promote=False`` registers without moving the champion alias (sweep trials).
     """
-    from anet import steps
-    from anet.mlops import tracking
-
     profile = profile or dataset
-    items = list(overrides) + ([f"runtime.seed={int(seed)}"] if seed is not None else [])
-    cfg = steps.resolve_config(dataset, profile, items)
+    on_cluster = bool(os.environ.get("KFP_HOST"))
+    cfg = _run_config(resolve_config(profile, overrides, settings, dataset=dataset), on_cluster)
     steps.check_dataset_available(cfg)
+    if not on_cluster:
+        resolve_pretrained(cfg.model.pretrained)  # offline or a bad hash: one line before any work
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = _check_endpoints()
-    client = _kfp_client() if os.environ.get("KFP_HOST") else None
+    client = _kfp_client() if on_cluster else None
     try:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # the step subprocesses inherit it (same store, absolute)
         run_tags = {**(tags or {}), **_trial_tags(trial),
                     **{f"param.{k}": str(getattr(cfg.loss, k)) for k in ("lambda_a", "lambda_g", "lambda_van")}}
         parent = steps.start_pipeline_run(cfg.data.dataset, profile, cfg.to_json(), run_tags, run_name)
         _say(echo, f"MLflow parent run {parent} at {tracking.redact_url(uri)}")
-        arguments = {
-            "dataset": cfg.data.dataset, "profile": profile, "overrides": json.dumps(items), "seed": int(seed),
-            "mlflow_parent_run_id": parent, "trial_json": json.dumps(trial, sort_keys=True) if trial else "",
-            "promote": bool(promote),
-        }
+        arguments = dag_arguments(cfg, profile, parent, trial, promote)
         try:
             if client is not None:
                 outcome = _run_on_cluster(client, arguments, cfg.registry.primary_metric, parent, echo)
             else:
-                arguments |= {"data_root": str(Path(cfg.data.root).resolve()),
-                              "cache_root": str(Path(cfg.data.cache_dir).resolve())}
                 outcome = _run_locally(arguments, cfg.registry.primary_metric, parent, Path(pipeline_root), echo)
         except BaseException as exc:  # interrupted, or the runner itself broke: never leave the run RUNNING
             steps.finish_pipeline_run(parent, "failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
@@ -108,21 +114,45 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_uri
-    return _replace(outcome, tracking_uri=uri)
+    return dataclasses.replace(outcome, tracking_uri=uri)
+
+
+def _run_config(cfg: ExperimentConfig, on_cluster: bool) -> ExperimentConfig:
+    """Locations for where the steps run: absolute local paths, or the cache on the cluster's PVC."""
+    if on_cluster:
+        data = cfg.data.model_copy(update={"cache_dir": CLUSTER_CACHE_ROOT})
+    else:
+        data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).resolve()),
+                                           "cache_dir": str(Path(cfg.data.cache_dir).resolve())})
+    return cfg.model_copy(update={"data": data})
+
+
+def dag_arguments(cfg: ExperimentConfig, profile: str, parent: str, trial: dict[str, Any] | None,
+                  promote: bool) -> dict[str, Any]:
+    """The DAG's parameters for a driver-resolved config: its JSON plus the typed values it holds.
+
+    kfp.local needs every parameter given, so the typed run settings carry the config's own values
+    (the prepare step checks that they agree with ``config_json``).
+    """
+    values = {name: _config_value(cfg, keys[0]) for name, keys in RUN_SETTING_KEYS.items()
+              if name in ("lambda_a", "lambda_g", "lambda_van", "epochs", "seed", "promotion_margin")}
+    return {"dataset": cfg.data.dataset, "profile": profile, "overrides": {}, **values,
+            "config_json": cfg.to_json(), "mlflow_parent_run_id": parent, "trial": dict(trial or {}),
+            "data_root": cfg.data.root, "cache_root": cfg.data.cache_dir, "promote": bool(promote)}
+
+
+def _config_value(cfg: ExperimentConfig, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def _check_endpoints() -> str:
     """Reach MLflow (and S3 when an endpoint is configured) before any work; export the tracking URI."""
-    from anet.mlops import tracking
-
     uri = tracking.configure(None)
     tracking.check_tracking_server(uri)
     endpoints = {os.environ.get(k, "") for k in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")} - {""}
-    if endpoints:
-        from anet.mlops import s3
-
-        for url in sorted(endpoints):
-            s3.check_endpoint(url)
+    for url in sorted(endpoints):
+        s3.check_endpoint(url)
     return uri
 
 
@@ -133,81 +163,31 @@ def _trial_tags(trial: dict[str, Any] | None) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- local (kfp.local)
-class _Tee(io.TextIOBase):
-    """stdout that also keeps the last lines (kfp.local prints every step's log through print)."""
-
-    def __init__(self, stream: Any, echo: bool, keep: int = 2000):
-        self.stream, self.echo, self.lines = stream, echo, collections.deque(maxlen=keep)
-        self._partial, self._in_dump = "", False
-
-    def write(self, text: str) -> int:
-        self._partial += text
-        *done, self._partial = self._partial.split("\n")
-        self.lines.extend(done)
-        for line in done:
-            if self.echo and self._shown(line):
-                self.stream.write(line + "\n")
-        return len(text)
-
-    def _shown(self, line: str) -> bool:
-        """Hide kfp's executor-input JSON dump and executor chatter; keep the steps' own lines."""
-        if "Got executor_input:" in line:
-            self._in_dump = True
-            return False
-        if self._in_dump:
-            self._in_dump = line != "    }"
-            return False
-        return "[KFP Executor" not in line and bool(line.strip())
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Path, echo: bool) -> PipelineOutcome:
-    from kfp import local
-
-    from pipelines.dag import local_pipeline
-
+    """Run the DAG with kfp.local; the outcome comes from kfp's result and the steps' MLflow tags."""
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root.resolve()),
                raise_on_error=True)
     before = {p.name for p in root.iterdir()}
-    tee, stdout = _Tee(sys.stdout, echo), sys.stdout
     started = time.monotonic()
-    sys.stdout = tee
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-            task = local_pipeline(**arguments)
-        summary = json.loads(task.output)
-        error = None
-    except RuntimeError as exc:
-        summary, error = {}, _step_error(list(tee.lines), str(exc))
-    finally:
-        sys.stdout = stdout
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        try:
+            summary, error = json.loads(local_pipeline(**arguments).output), None
+        except RuntimeError as exc:  # kfp.local's way of saying that a task failed
+            summary, error = {}, _failure(parent, str(exc))
     new = sorted((p for p in root.iterdir() if p.name not in before), key=lambda p: p.stat().st_mtime)
-    out_dir = str(new[-1]) if new else None
-    if out_dir:  # every step's full log, also when it was not echoed
-        (Path(out_dir) / "pipeline.log").write_text("\n".join([*tee.lines, tee._partial]))
-        if error:
-            error += f" (full log: {Path(out_dir) / 'pipeline.log'})"
     _say(echo, f"pipeline finished in {time.monotonic() - started:.0f} s")
-    return _outcome(summary, error, primary, parent, out_dir)
+    return _outcome(summary, error, primary, parent, str(new[-1]) if new else None)
 
 
-def _step_error(lines: list[str], exc_text: str) -> str:
-    """The failing step's one-line reason: its last ``error:`` line, else its last exception line."""
-    task = re.search(r"Inner task failed: (.*)\.$|Task (.*) finished", _ANSI.sub("", exc_text))
-    where = (task.group(1) or task.group(2)).strip("'\" ") if task else "a step"
-    where = TASK_NAMES.get(where, where)
-    clean = [_ANSI.sub("", ln).strip() for ln in lines]
-    reason = next((ln for ln in reversed(clean) if ln.startswith("error:")), None)
-    if reason is None:
-        reason = next((ln for ln in reversed(clean) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", ln)),
-                      "see the step log above")
-    reason = re.sub(r"^(prepare|train|evaluate|register): ", "", reason.removeprefix("error:").strip())
-    return f"{where}: {reason}"
+def _failure(parent: str, kfp_message: str) -> str:
+    """The failing step and its one-line reason, as the step recorded it on the parent run."""
+    recorded = steps.pipeline_outcome(parent)
+    if recorded.get("failed_step"):
+        return f"{TASK_NAMES.get(recorded['failed_step'], recorded['failed_step'])}: {recorded['error']}"
+    return f"{_ANSI.sub('', kfp_message)} (the step recorded no reason; see its log above)"
 
 
 def _outcome(summary: dict[str, Any], error: str | None, primary: str, parent: str,
@@ -221,17 +201,9 @@ def _outcome(summary: dict[str, Any], error: str | None, primary: str, parent: s
     )
 
 
-def _replace(outcome: PipelineOutcome, **changes: Any) -> PipelineOutcome:
-    import dataclasses
-
-    return dataclasses.replace(outcome, **changes)
-
-
 # --------------------------------------------------------------------------- cluster (KFP_HOST)
 def _kfp_client() -> Any:
     """``kfp.Client`` for ``KFP_HOST`` (bearer token from ``KFP_TOKEN``); one line when unreachable."""
-    import kfp
-
     host = os.environ["KFP_HOST"]
     try:
         with warnings.catch_warnings():
@@ -244,10 +216,6 @@ def _kfp_client() -> Any:
 
 def _run_on_cluster(client: Any, arguments: dict[str, Any], primary: str, parent: str, echo: bool) -> PipelineOutcome:
     """Submit the compiled pipeline, follow it to the end, read the outcome from the MLflow parent run."""
-    import tempfile
-
-    from pipelines.compile import compile_pipeline
-
     host = os.environ["KFP_HOST"]
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "anet_pipeline.yaml", gpus=int(os.environ.get("ANET_GPUS", "1")))
@@ -258,7 +226,12 @@ def _run_on_cluster(client: Any, arguments: dict[str, Any], primary: str, parent
     state = _follow(client, run.run_id, echo)
     link = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
     error = None if state == "SUCCEEDED" else f"Kubeflow run {run.run_id} ended {state}; see {link}"
-    return _outcome(_summary_from_mlflow(parent, primary), error, primary, parent, link)
+    recorded = steps.pipeline_outcome(parent)
+    if error and recorded.get("failed_step"):
+        error = f"{TASK_NAMES.get(recorded['failed_step'], recorded['failed_step'])}: {recorded['error']} ({link})"
+    summary = {**recorded, "primary_metric": primary, "primary_value": recorded["metrics"].get(primary),
+               "status": "pruned" if recorded["pruned"] else "succeeded"}
+    return _outcome(summary, error, primary, parent, link)
 
 
 def _follow(client: Any, run_id: str, echo: bool, poll_s: float = 10.0) -> str:
@@ -274,21 +247,10 @@ def _follow(client: Any, run_id: str, echo: bool, poll_s: float = 10.0) -> str:
         time.sleep(poll_s)
 
 
-def _summary_from_mlflow(parent: str, primary: str) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
-    run = MlflowClient().get_run(parent)
-    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
-    tags = run.data.tags
-    return {"metrics": metrics, "primary_metric": primary, "primary_value": metrics.get(primary),
-            "model_version": tags.get("anet.model_version"), "champion": tags.get("anet.champion") == "True",
-            "decision": tags.get("anet.decision"), "status": "pruned" if tags.get("anet.pruned") else "succeeded"}
-
-
 # --------------------------------------------------------------------------- CLI
 def _say(echo: bool, text: str) -> None:
     if echo:
-        print(f"[anet] {text}", flush=True)
+        log.info("%s", text)
 
 
 def format_summary(outcome: PipelineOutcome) -> str:
@@ -325,17 +287,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="config profile (default: the dataset's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, repeatable (e.g. --set loss.lambda_a=0.5)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="runtime.seed (default: the profile's)")
     parser.add_argument("--no-promote", action="store_true", help="register without moving the champion alias")
     parser.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local writes step outputs")
-    parser.add_argument("--quiet", action="store_true", help="hide the step logs; print only the summary")
     args = parser.parse_args(argv)
     return run_guarded(lambda: _run_and_report(args), "rerun the same command (the prepared cache is reused)")
 
 
 def _run_and_report(args: argparse.Namespace) -> int:
-    outcome = run_pipeline(args.dataset, args.profile, args.overrides, seed=args.seed,
-                           promote=not args.no_promote, pipeline_root=args.pipeline_root, echo=not args.quiet)
+    setup_logging()
+    outcome = run_pipeline(args.dataset, args.profile, parse_overrides(args.overrides),
+                           RunSettings(seed=args.seed), promote=not args.no_promote,
+                           pipeline_root=args.pipeline_root)
     print("\n" + format_summary(outcome))
     if outcome.status == "failed":
         print(f"error: {outcome.error}", file=sys.stderr)

@@ -18,6 +18,7 @@ without repeating finished trials.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import subprocess
@@ -27,9 +28,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from anet.config import ExperimentConfig, RunSettings, parse_overrides, resolve_config
 from anet.errors import UserError, run_guarded
 from anet.io import pid_alive
+from anet.logs import setup_logging
+from anet.mlops import tracking
 from anet.mlops.optuna_bridge import TrialRef, open_storage, redact, storage_url
+from pipelines.run import run_pipeline
+from pipelines.sweep_report import finish_sweep
+
+log = logging.getLogger("pipelines.sweep")
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 LAMBDAS = ("lambda_a", "lambda_g", "lambda_van")
@@ -58,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.profile = args.profile or args.dataset
     args.study_name = args.study_name or f"anet-{args.dataset}-lambdas"
+    args.overrides = parse_overrides(args.overrides)
     args.storage = storage_url(args.storage, Path(args.out))
     if args.trials < 1 or args.parallel < 1:
         raise UserError("--trials and --parallel must be at least 1")
@@ -107,43 +116,62 @@ def finished_count(study: Any) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED and not t.user_attrs.get("stale"))
 
 
-def suggest(trial: Any, tune_lr: bool) -> dict[str, float]:
-    """The search space: each lambda log-uniform in [0.01, 100] (paper Table 4's range)."""
-    params = {name: trial.suggest_float(name, 0.01, 100.0, log=True) for name in LAMBDAS}
+def searched_lambdas(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The lambdas the configured variant actually uses (a sweep over an ignored one would be noise).
+
+    Baseline has no attribute or joint terms; VAN has L_att (lambda_a) but no joint module, so
+    lambda_g and lambda_van (which balances L_VAN against L_JM) do nothing there.
+    """
+    match cfg.model.variant:
+        case "baseline":
+            return ()
+        case "van":
+            return ("lambda_a",)
+        case "anet" | "anet_att":
+            return LAMBDAS
+
+
+def search_space(args: argparse.Namespace) -> tuple[str, ...]:
+    """The lambdas to search for this sweep's profile and overrides; refused when there are none."""
+    cfg = resolve_config(args.profile, args.overrides, dataset=args.dataset)
+    names = searched_lambdas(cfg)
+    if not names:
+        raise UserError(f"model.variant={cfg.model.variant} uses none of {', '.join(LAMBDAS)}: nothing to sweep")
+    ignored = [n for n in LAMBDAS if n not in names]
+    if ignored:
+        log.warning("model.variant=%s ignores %s: searching %s only", cfg.model.variant, ", ".join(ignored),
+                    ", ".join(names))
+    return names
+
+
+def suggest(trial: Any, names: tuple[str, ...], tune_lr: bool) -> RunSettings:
+    """The trial's run settings: each lambda log-uniform in [0.01, 100] (paper Table 4's range)."""
+    params = {name: trial.suggest_float(name, 0.01, 100.0, log=True) for name in names}
     if tune_lr:
         params["lr"] = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
-    return params
+    return RunSettings(**params)
 
 
-def trial_overrides(params: dict[str, float], base: list[str], eval_every: int = 2) -> list[str]:
-    """The trial's config overrides: the user's, an evaluation period for pruning, the suggested lambdas."""
-    overrides = list(base)
-    for stage in ("stage_one", "stage_two"):
-        if not any(o.startswith(f"{stage}.eval_every=") for o in base):
-            overrides.append(f"{stage}.eval_every={eval_every}")
-    overrides += [f"loss.{k}={params[k]!r}" for k in LAMBDAS]
-    if "lr" in params:
-        overrides.append(f"stage_one.lr={params['lr']!r}")
-    return overrides
+def trial_overrides(base: dict[str, Any], eval_every: int) -> dict[str, Any]:
+    """The user's overrides plus an in-training evaluation period for the pruner (unless they set one)."""
+    period = {f"{stage}.eval_every": eval_every for stage in ("stage_one", "stage_two")}
+    return {**period, **base}
 
 
 def run_one_trial(study: Any, args: argparse.Namespace) -> str:
     """Ask, run one pipeline, tell. Returns the trial's final state name."""
-    import optuna
-
-    from pipelines.run import run_pipeline
+    import optuna  # lazy: optuna is only needed by sweep processes
 
     trial = study.ask()
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
-    params = suggest(trial, args.tune_lr)
+    settings = suggest(trial, search_space(args), args.tune_lr).model_copy(update={"seed": args.seed})
     ref = TrialRef(args.study_name, args.storage, trial._trial_id, trial.number, pruner_spec(args))
     tags = {"optuna.study": args.study_name, "optuna.trial_number": str(trial.number)}
     try:
-        outcome = run_pipeline(
-            dataset=args.dataset, profile=args.profile, overrides=trial_overrides(params, args.overrides, args.eval_every),
-            trial=asdict(ref), seed=args.seed, tags=tags, promote=False,
-        )
+        outcome = run_pipeline(dataset=args.dataset, profile=args.profile,
+                               overrides=trial_overrides(args.overrides, args.eval_every), settings=settings,
+                               trial=asdict(ref), tags=tags, promote=False)
     except Exception as exc:  # one broken trial must not end the sweep
         trial.set_user_attr("error", str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -216,15 +244,12 @@ def _trial_line(study: Any, trial: Any) -> str:
 def init_tracking(dataset: str) -> None:
     """Create the MLflow store and experiment once, before workers start: two processes creating
     a fresh sqlite store at the same moment race on its schema migrations (seen here)."""
-    from anet.mlops import tracking
-
     tracking.configure(None)
     tracking.experiment_id(dataset)
 
 
 def coordinate(args: argparse.Namespace) -> int:
-    from pipelines.sweep_report import finish_sweep
-
+    search_space(args)  # refuses a variant with nothing to sweep before any work
     init_tracking(args.dataset)
     study = create_study(args)
     reclaimed = reclaim_stale(study)
@@ -251,6 +276,7 @@ def coordinate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
+        setup_logging()
         args = parse_args(argv)
         return run_worker(args) if args.worker is not None else coordinate(args)
 

@@ -8,7 +8,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from anet.config import load_config
 from anet.io import atomic_path, atomic_write_text
+from anet.mlops import registry, tracking
 
 LAMBDAS = ("lambda_a", "lambda_g", "lambda_van")
 
@@ -78,7 +80,6 @@ def write_plots(study: Any, out_dir: Path) -> list[Path]:
 
 def log_to_mlflow(study: Any, args: argparse.Namespace, paths: list[Path]) -> str | None:
     """One MLflow run per sweep in the dataset's experiment, holding the table and the plots."""
-    from anet.mlops import tracking
 
     try:
         import mlflow
@@ -107,8 +108,6 @@ def _has_best(study: Any) -> bool:
 
 def offer_promotion(study: Any, args: argparse.Namespace) -> None:
     """Show the best trial's model version against the champion; promote it with --promote-best."""
-    from anet.config import load_config
-    from anet.mlops import registry
 
     best = study.best_trial
     version = best.user_attrs.get("model_version")

@@ -142,5 +142,5 @@ def test_build_model_loads_pretrained(tmp_path) -> None:
     ref = _ibn_weights()
     path = tmp_path / "r18_ibn_a.pth"
     torch.save(ref, path)
-    model = build_model(ModelCfg(variant="baseline", depth=18, pretrained=str(path)), num_ids=3, attr_classes={})
+    model = build_model(ModelCfg(variant="baseline", depth=18), num_ids=3, attr_classes={}, pretrained=path)
     _assert_loaded(model.backbone, ref)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from anet.config import load_config
-from anet.training import prepare_from_config
+from anet.steps.prepare import prepare_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,10 +24,10 @@ WORKER = textwrap.dedent("""
 
     from anet.config import load_config
     from anet.data.cache import PreparedDataset
-    from anet.engine import build_train_data, train_stage
+    from anet.train.engine import build_train_data, train_stage
     from anet.losses import Criterion
-    from anet.runtime import setup_runtime, shutdown_distributed
-    from anet.training import build_model_for
+    from anet.train.runtime import setup_runtime, shutdown_distributed
+    from anet.train.stage import build_model_for
 
     cache_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = load_config("smoke", sys.argv[3:])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from anet.data.archive import extract_archive
-from anet.data.importer import dvc, import_dataset
 from anet.errors import UserError
+from anet.mlops.importer import dvc, import_dataset
 
 try:  # tests/ is not a package: plain `pytest` puts tests/ on sys.path, `python -m pytest` also the root
     from s3_server import free_port, moto_server, s3_env
@@ -66,8 +66,8 @@ def test_zip_extraction_refuses_unsafe_members(tmp_path, name, message):
 
 def _fake_veri(root: Path) -> Path:
     from anet.config import SyntheticCfg
-    from anet.data.layouts import write_veri776
-    from anet.data.synthetic import render_dataset
+    from anet.synthetic.generator import render_dataset
+    from anet.synthetic.layouts import write_veri776
 
     cfg = SyntheticCfg(train_ids=4, test_ids=2, images_per_id=2, cameras=2, image_size=32)
     return Path(write_veri776(render_dataset(cfg), root))

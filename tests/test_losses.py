@@ -177,6 +177,17 @@ def test_criterion_terms_and_weights_stage_one() -> None:
     assert terms["id_j"].item() == pytest.approx(cross_entropy_ls(out.j_logits, IDS6, 0.1).item(), rel=1e-6)
 
 
+def test_raw_terms_do_not_depend_on_the_lambdas() -> None:
+    """``train/raw/<term>`` is comparable across sweep trials: same batch, other lambdas, same raw values."""
+    out = _fake_output(joint=True, attrs=True)
+    a = Criterion(CFG)(out, IDS6, ATTRS6)
+    b = Criterion(LossCfg(label_smoothing=0.1, triplet_margin=0.3, lambda_a=0.1, lambda_g=0.0, lambda_van=7.0))(
+        out, IDS6, ATTRS6)
+    assert set(a.raw) == set(a) and all(torch.equal(a.raw[k], b.raw[k]) for k in a.raw)
+    assert b["tri_g"].item() == 0.0 and a.raw["tri_g"].item() > 0.0
+    assert a["att/type"].item() == pytest.approx(5 * 2 * a.raw["att/type"].item(), rel=1e-6)
+
+
 def test_criterion_stage_two_drops_f_terms_and_adds_ac() -> None:
     out = _fake_output(joint=True, attrs=True)
     terms = Criterion(CFG, amelioration=True)(out, IDS6, ATTRS6)

@@ -83,18 +83,28 @@ def test_image_comes_from_anet_image_at_import(tmp_path):
     assert "image: registry.local/anet:test" in out.read_text()
 
 
-def test_kfp_host_submission_is_followed_to_completion(monkeypatch, capsys):
-    """The KFP_HOST path with a stand-in client: compiled package submitted, states printed once each."""
+def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeypatch, tmp_path, caplog):
+    """The KFP_HOST path: the driver's arguments are exactly inputs the compiled IR declares, every state
+    change is reported once, and a failed run is explained by what the failing step recorded in MLflow
+    (a real sqlite store; only the Kubeflow API is stood in for, as no cluster is reachable here)."""
     from types import SimpleNamespace
 
+    from anet import steps
+    from anet.config import resolve_config
+    from anet.mlops.step_tracking import record_step_failure
     from pipelines import run as runner
 
-    states = iter(["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = resolve_config("smoke", dataset="veri776")
+    parent = steps.start_pipeline_run("veri776", "smoke", cfg.to_json())
+    record_step_failure(parent, "train", "data.attributes: ['color'] not in the dataset")
+    states = iter(["PENDING", "RUNNING", "RUNNING", "FAILED"])
     submitted = {}
 
-    class FakeClient:
+    class KubeflowApi:
         def create_run_from_pipeline_package(self, path, arguments, experiment_name, run_name):
-            submitted.update(text=Path(path).read_text(), arguments=arguments, experiment=experiment_name)
+            submitted.update(ir=yaml.safe_load_all(Path(path).read_text()).__next__(), arguments=arguments,
+                             experiment=experiment_name)
             return SimpleNamespace(run_id="r-1")
 
         def get_run(self, run_id):
@@ -102,13 +112,15 @@ def test_kfp_host_submission_is_followed_to_completion(monkeypatch, capsys):
 
     monkeypatch.setenv("KFP_HOST", "https://kfp.example.org")
     monkeypatch.setattr(runner.time, "sleep", lambda s: None)
-    monkeypatch.setattr(runner, "_summary_from_mlflow", lambda parent, primary: {
-        "metrics": {"eval/test/mAP": 0.5}, "primary_value": 0.5, "model_version": "4", "champion": True})
-    outcome = runner._run_on_cluster(FakeClient(), {"dataset": "veri776", "profile": "veri776"}, "eval/test/mAP",
-                                     "parent-1", echo=True)
-    out = capsys.readouterr().out
-    assert [s for s in ("PENDING", "RUNNING", "SUCCEEDED") if f"r-1: {s}" in out] == ["PENDING", "RUNNING", "SUCCEEDED"]
-    assert out.count("r-1: RUNNING") == 1
-    assert submitted["experiment"] == "anet-veri776" and "nvidia.com/gpu" in submitted["text"]
-    assert outcome.status == "succeeded" and outcome.model_version == "4" and outcome.champion
-    assert outcome.output_dir == "https://kfp.example.org/#/runs/details/r-1"
+    arguments = runner.dag_arguments(cfg, "smoke", parent, None, promote=True)
+    with caplog.at_level("INFO", logger="pipelines.run"):
+        outcome = runner._run_on_cluster(KubeflowApi(), arguments, "eval/test/mAP", parent, echo=True)
+    declared = set(submitted["ir"]["root"]["inputDefinitions"]["parameters"])
+    assert set(submitted["arguments"]) <= declared, set(submitted["arguments"]) - declared
+    assert submitted["arguments"]["lambda_g"] == cfg.loss.lambda_g and submitted["experiment"] == "anet-veri776"
+    said = [r.getMessage() for r in caplog.records]
+    assert [s for s in ("PENDING", "RUNNING", "FAILED") if any(f"r-1: {s}" in m for m in said)] == [
+        "PENDING", "RUNNING", "FAILED"]
+    assert sum("r-1: RUNNING" in m for m in said) == 1
+    assert outcome.status == "failed" and outcome.error.startswith("training: data.attributes")
+    assert "https://kfp.example.org/#/runs/details/r-1" in outcome.error

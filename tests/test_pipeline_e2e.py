@@ -33,8 +33,8 @@ def _dvc(repo: Path, *args: str) -> None:
 
 def _fake_veri(root: Path) -> None:
     from anet.config import SyntheticCfg
-    from anet.data.layouts import write_veri776
-    from anet.data.synthetic import render_dataset
+    from anet.synthetic.generator import render_dataset
+    from anet.synthetic.layouts import write_veri776
 
     write_veri776(render_dataset(SyntheticCfg(train_ids=8, test_ids=6, images_per_id=6, cameras=3,
                                               image_size=32, difficulty=0.3)), root)

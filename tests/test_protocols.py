@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
+from anet.cli import evaluate as commands
 from anet.config import EvalCfg
 from anet.errors import UserError
-from anet.evaluation import commands
 from anet.evaluation.features import extract_features
 from anet.evaluation.protocols import evaluate_dataset, evaluate_dataset_full, vehicleid_split
 from anet.evaluation.ranking import rank_metrics
@@ -189,12 +189,12 @@ def test_evaluate_features_all_skipped_says_why(tmp_path, capsys):
 
 def test_evaluate_checkpoint_end_to_end(tmp_path, capsys):
     """Untrained smoke model on the smoke synthetic cache: metrics, report files, CLI JSON."""
-    training = pytest.importorskip("anet.training")
     from anet.config import load_config
     from anet.model import build_model
+    from anet.steps.prepare import prepare_from_config
 
     cfg = load_config("smoke", [f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}"])
-    prepared = training.prepare_from_config(cfg, progress=False)
+    prepared = prepare_from_config(cfg, progress=False)
     manifest = prepared.manifest
     model = build_model(cfg.model, num_ids=manifest.num_train_ids(), attr_classes=manifest.attr_classes())
     ckpt = tmp_path / "final.pt"

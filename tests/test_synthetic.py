@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from anet.config import SyntheticCfg, load_config
-from anet.data import synthetic
-from anet.data.calibrate import calibrate, exact_map
-from anet.data.synthetic import (
+from anet.errors import UserError
+from anet.synthetic import generator as synthetic
+from anet.synthetic.calibrate import calibrate
+from anet.synthetic.generator import (
     COLOR_NAMES,
     MODELS,
     TYPE_NAMES,
@@ -21,7 +22,6 @@ from anet.data.synthetic import (
     plan_identities,
     render_dataset,
 )
-from anet.errors import UserError
 
 SMALL = SyntheticCfg(train_ids=6, test_ids=6, images_per_id=6, cameras=3, image_size=48, seed=0)
 
@@ -149,28 +149,6 @@ def test_generate_refuses_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a synthetic dataset directory"):
         generate_synthetic(SMALL, tmp_path)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
-
-
-def test_exact_map_by_hand() -> None:
-    # One query (id 1, cam 1); gallery ranked g0 (id 2), g1 (id 1, cam 2), g2 (id 1, cam 1: junk), g3 (id 1).
-    q = np.array([[1.0, 0.0]], dtype=np.float32)
-    g = np.array([[1.0, 0.0], [0.9, 0.436], [0.8, 0.6], [0.0, 1.0]], dtype=np.float32)
-    g_ids, g_cams = np.array([2, 1, 1, 1]), np.array([1, 2, 1, 3])
-    m_ap, valid = exact_map(q, np.array([1]), np.array([1]), g, g_ids, g_cams)
-    assert valid == 1 and m_ap == pytest.approx((1 / 2 + 2 / 3) / 2)
-
-
-def test_exact_map_matches_project_evaluator() -> None:
-    ranking = pytest.importorskip("anet.evaluation.ranking")
-    rng = np.random.default_rng(0)
-    q, g = rng.normal(size=(20, 8)), rng.normal(size=(60, 8))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    g /= np.linalg.norm(g, axis=1, keepdims=True)
-    q_ids, g_ids = rng.integers(0, 6, 20), rng.integers(0, 6, 60)
-    q_cams, g_cams = rng.integers(0, 3, 20), rng.integers(0, 3, 60)
-    ours, _ = exact_map(q.astype(np.float32), q_ids, q_cams, g.astype(np.float32), g_ids, g_cams)
-    theirs = ranking.rank_metrics(q.astype(np.float32), q_ids, q_cams, g.astype(np.float32), g_ids, g_cams)
-    assert ours == pytest.approx(theirs.mAP, abs=1e-6)
 
 
 def test_calibrate_small() -> None:

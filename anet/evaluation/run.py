@@ -18,9 +18,14 @@ import pandas as pd
 import torch
 
 from anet.config import EvalCfg, ExperimentConfig
+from anet.data.augment import TestTransform
+from anet.data.cache import PreparedDataset
+from anet.data.loader import iter_eval_batches
 from anet.evaluation import report
 from anet.evaluation.features import extract_features
 from anet.evaluation.protocols import evaluate_dataset_full, vehicleid_split
+from anet.model.checkpoint_io import load_model_from_checkpoint
+from anet.train.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +56,8 @@ def evaluate_checkpoint(
     "bf16"). Returns ``{"results": {test_set: {metric: value}}, "files": [paths], "feature": str,
     "num_images": int, "warnings": [str]}``.
     """
-    from anet.data.augment import TestTransform
-    from anet.data.cache import PreparedDataset
-    from anet.data.loader import iter_eval_batches
-    from anet.engine import load_model_from_checkpoint
 
     full = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig(eval=cfg)
-    from anet.runtime import resolve_device
 
     device = torch.device(device) if device is not None else resolve_device(full.runtime)
     precision = precision or full.runtime.precision

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anet.callbacks import Callback
 from anet.errors import UserError
+from anet.train.callbacks import Callback
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from anet.errors import UserError
 from anet.io import atomic_path, sha256_file
+from anet.mlops import s3
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,6 @@ def _download(source: str, target: Path) -> str:
 
 
 def _download_s3(source: str, tmp: Path, hint: str) -> None:
-    from anet.mlops import s3
 
     log.info("downloading pretrained weights %s", source)
     try:

@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -150,8 +151,12 @@ class ANet(nn.Module):
         return F.normalize(vec, dim=1)
 
 
-def build_model(cfg: ModelCfg, num_ids: int, attr_classes: dict[str, int]) -> ANet:
-    """Build the variant named by ``cfg.variant``; load ``cfg.pretrained`` backbone weights if set.
+def build_model(cfg: ModelCfg, num_ids: int, attr_classes: dict[str, int],
+                pretrained: str | Path | None = None) -> ANet:
+    """Build the variant named by ``cfg.variant``; load backbone weights from the local file ``pretrained``.
+
+    ``cfg.pretrained`` names where weights come from (URL, path, s3://); the caller resolves it to a
+    local file first (``anet.mlops.pretrained``), so building a model never touches the network.
 
     Example:
         >>> model = build_model(cfg.model, num_ids=576, attr_classes={"color": 10, "type": 9})
@@ -167,7 +172,7 @@ def build_model(cfg: ModelCfg, num_ids: int, attr_classes: dict[str, int]) -> AN
             attrs, joint = dict(attr_classes), JointModule(c)
         case "anet_att":
             attrs, joint = dict(attr_classes), JointAttModule(c, cfg.se_reduction)
-    if cfg.pretrained:
-        load_backbone_weights(backbone, cfg.pretrained)
+    if pretrained is not None:
+        load_backbone_weights(backbone, pretrained)
     return ANet(backbone, num_ids, attrs, s_f=cfg.s_f, s_a=cfg.s_a, s_j=cfg.s_j,
                 attention=cfg.attr_branch == "att", se_reduction=cfg.se_reduction, joint=joint)

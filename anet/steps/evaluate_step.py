@@ -6,23 +6,28 @@ not produce fails with a one-line reason. The step returns the metrics and a Mar
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from anet.config import ExperimentConfig
 from anet.errors import UserError
-from anet.steps.common import _config, _reported, _step_run, checkpoint_in, is_pruned, read_descriptor
+from anet.evaluation.run import evaluate_checkpoint
+from anet.mlops.step_tracking import step_run
+from anet.steps.common import checkpoint_in, is_pruned, read_descriptor, reported_step
+
+log = logging.getLogger(__name__)
 
 
-@_reported("evaluate")
+@reported_step("evaluate")
 def evaluate(config_json: str, dataset_descriptor: str, checkpoint: str, out_dir: str,
-             parent_run_id: str) -> dict[str, Any]:
+             parent_run_id: str | None = None) -> dict[str, Any]:
     """Evaluate the final checkpoint on the dataset's protocol; skip cleanly when it was pruned.
 
     Returns ``{"status": "ok"|"pruned", "metrics": {"eval/<split>/<metric>": v}, "primary_metric",
     "primary_value", "files", "report_md"}``.
     """
-    cfg = _config(config_json)
+    cfg = ExperimentConfig.from_json(config_json)
     primary = cfg.registry.primary_metric
     if is_pruned(checkpoint):
         return {"status": "pruned", "metrics": {}, "primary_metric": primary, "primary_value": None,
@@ -30,7 +35,7 @@ def evaluate(config_json: str, dataset_descriptor: str, checkpoint: str, out_dir
     descriptor = read_descriptor(dataset_descriptor)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _step_run(parent_run_id, "evaluate") as tracker:
+    with step_run(parent_run_id, "evaluate") as tracker:
         results, files = _evaluate_checkpoint(cfg, descriptor, checkpoint_in(checkpoint), out)
         flat = tracker.log_eval(results, files)
     if primary not in flat:
@@ -43,11 +48,9 @@ def evaluate(config_json: str, dataset_descriptor: str, checkpoint: str, out_dir
 def _evaluate_checkpoint(cfg: ExperimentConfig, descriptor: dict[str, Any], ckpt: Path,
                          out: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``({test_set: {metric: value}}, [report files])`` for the checkpoint on the dataset's protocol."""
-    from anet.evaluation import evaluate_checkpoint
-
     result = evaluate_checkpoint(ckpt, descriptor["cache_dir"], cfg, out)
     for warning in result.get("warnings", []):
-        print(f"warning: {warning}", flush=True)
+        log.warning("%s", warning)
     return result["results"], [str(p) for p in result.get("files", [])]
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from anet.mlops import tracking
+from anet.mlops.step_tracking import run_tags, set_tags
+
 
 def start_pipeline_run(dataset: str, profile: str, config_json: str, tags: dict[str, str] | None = None,
                        run_name: str | None = None) -> str:
     """Create the pipeline's parent MLflow run (experiment ``anet-<dataset>``); returns its id."""
-    from anet.mlops import tracking
-
     tracking.configure(None)
     name = run_name or f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     return tracking.start_parent_run(dataset, name, {"anet.profile": profile, **(tags or {})}, config_json)
@@ -22,14 +23,24 @@ def start_pipeline_run(dataset: str, profile: str, config_json: str, tags: dict[
 
 def finish_pipeline_run(run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
     """Close the parent run: ``status`` is succeeded | pruned | failed; the summary becomes tags."""
-    from mlflow import MlflowClient
-
-    from anet.mlops import tracking
-
     tracking.configure(None)
-    client = MlflowClient()
-    client.set_tag(run_id, "anet.outcome", status)
+    tags: dict[str, Any] = {"anet.outcome": status}
     for key in ("model_version", "champion", "error"):
         if summary and summary.get(key) not in (None, ""):
-            client.set_tag(run_id, f"anet.{key}", str(summary[key])[:5000])
+            tags[f"anet.{key}"] = str(summary[key])[:5000]
+    set_tags(run_id, tags)
     tracking.end_run(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+
+def pipeline_outcome(run_id: str) -> dict[str, Any]:
+    """What the steps recorded on the parent run: metrics, model version, decision, failing step."""
+    from mlflow import MlflowClient  # lazy: mlflow is heavy and only needed when tracking
+
+    tracking.configure(None)
+    run = MlflowClient().get_run(run_id)
+    tags = run_tags(run_id)
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
+    return {"metrics": metrics, "model_version": tags.get("anet.model_version"),
+            "champion": tags.get("anet.champion") == "True", "decision": tags.get("anet.decision"),
+            "pruned": bool(tags.get("anet.pruned")), "failed_step": tags.get("anet.failed_step"),
+            "error": tags.get("anet.error")}

@@ -1,4 +1,4 @@
-"""The prepare step: resolve the config, make the dataset available, build the prepared cache.
+"""The prepare step: resolve the config once, make the dataset available, build the prepared cache.
 
 Synthetic data is generated; a real dataset is read from ``data.root`` after a granular ``dvc pull``
 when it is absent there (failing fast, with the import command, when no DVC remote provides it).
@@ -8,40 +8,27 @@ The step writes the Dataset artifact's descriptor (``descriptor.json``) naming t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from anet.config import ExperimentConfig
+from anet.config import ExperimentConfig, RunSettings, resolve_config
+from anet.data.cache import PreparedDataset, prepare_dataset
+from anet.data.manifest import Manifest
+from anet.data.readers import read_dataset
 from anet.errors import UserError
 from anet.io import atomic_write_text
-from anet.steps.common import DESCRIPTOR, _progress, _reported, _step_run, resolve_config
+from anet.mlops.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks
+from anet.mlops.pretrained import resolve_pretrained
+from anet.mlops.step_tracking import step_run
+from anet.steps.common import DESCRIPTOR, progress_enabled, reported_step
+from anet.synthetic.generator import generate_synthetic
+from anet.train.runtime import main_first, setup_runtime
 
 
 def import_hint(dataset: str) -> str:
     """The one command that makes a dataset available."""
     return f"anet data import {dataset} <path-or-s3-uri>"
-
-
-def dvc_repo_dir(start: Path) -> Path | None:
-    """The nearest directory at or above ``start`` (or the cwd) holding ``.dvc/``."""
-    for base in (start.resolve(), Path.cwd().resolve()):
-        for candidate in (base, *base.parents):
-            if (candidate / ".dvc").is_dir():
-                return candidate
-    return None
-
-
-def dvc_remote(repo: Path | None) -> str | None:
-    """Name of the default DVC remote of ``repo`` (None when there is no repo or no remote)."""
-    if repo is None:
-        return None
-    done = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=repo,
-                          capture_output=True, text=True, check=False)
-    name = done.stdout.strip()
-    return name if done.returncode == 0 and name else None
 
 
 def check_dataset_available(cfg: ExperimentConfig) -> str:
@@ -54,74 +41,74 @@ def check_dataset_available(cfg: ExperimentConfig) -> str:
     root = Path(cfg.data.root)
     if root.is_dir() and any(root.iterdir()):
         return "present"
-    repo = dvc_repo_dir(root.parent if root.parent.exists() else Path.cwd())
+    repo = dvc_root(root.parent if root.parent.exists() else Path.cwd(), or_cwd=True)
     hint = f"import it once with `{import_hint(cfg.data.dataset)}`"
-    if repo is None or not (repo / "data.dvc").is_file() or not dvc_remote(repo):
+    if repo is None or not (repo / "data.dvc").is_file() or not default_remote(repo):
         raise UserError(f"{root}: dataset {cfg.data.dataset} is not there and no DVC remote provides it; {hint}")
-    if _dvc_tracks(repo, root) is False:
+    if dvc_tracks(repo, root) is False:
         raise UserError(f"{root}: dataset {cfg.data.dataset} is not there and data.dvc does not track it; {hint}")
     return "pull"
 
 
-def _dvc_tracks(repo: Path, root: Path) -> bool | None:
-    """Whether ``root`` is part of the DVC-tracked tree (None: cannot tell, e.g. remote unreachable)."""
-    try:
-        from dvc.api import DVCFileSystem
-
-        return bool(DVCFileSystem(str(repo)).exists(Path(os.path.relpath(root.resolve(), repo)).as_posix()))
-    except Exception:  # an unreachable remote is reported by the pull itself, with DVC's reason
-        return None
-
-
-def _dvc_pull(root: Path) -> None:
-    """``dvc pull`` the dataset directory (granular: only ``root``, not every dataset)."""
-    repo = dvc_repo_dir(root.parent if root.parent.exists() else Path.cwd())
-    if repo is None or not dvc_remote(repo):
-        return
-    print(f"pulling {root} from the DVC remote ...", flush=True)
-    target = os.path.relpath(root.resolve(), repo)
-    done = subprocess.run([sys.executable, "-m", "dvc", "pull", target], cwd=repo, capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
-        reason = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "failed")
-        raise UserError(f"dvc pull {target} (in {repo}): {reason.strip()}; check the remote and credentials "
-                        f"(AWS_*), or import the data with `anet data import ...`")
-
-
-def _manifest_for(cfg: ExperimentConfig) -> Any:
-    """Generate (synthetic) or read the dataset, pulling it with DVC first when absent."""
+def read_manifest(cfg: ExperimentConfig) -> Manifest:
+    """Generate (synthetic) or read the dataset named by ``cfg.data``, pulling it with DVC when absent."""
     root = Path(cfg.data.root)
     if cfg.data.dataset == "synthetic":
-        from anet.data.synthetic import generate_synthetic
-
         return generate_synthetic(cfg.data.synthetic, root)
-    from anet.data.readers import read_dataset
-
     if not (root.is_dir() and any(root.iterdir())):
-        _dvc_pull(root)
+        dvc_pull(root)
     if not (root.is_dir() and any(root.iterdir())):
         raise UserError(f"{root}: dataset {cfg.data.dataset} is not there; import it once with "
                         f"`{import_hint(cfg.data.dataset)}`")
     return read_dataset(cfg.data.dataset, root)
 
 
-@_reported("prepare")
-def prepare_data(dataset: str, profile: str, overrides_json: str, data_root: str, cache_root: str,
-                 out_dir: str, parent_run_id: str = "") -> dict[str, Any]:
-    """Resolve the config, get the dataset, build or reuse the prepared cache, write the descriptor.
+def prepare_from_config(cfg: ExperimentConfig, progress: bool = True) -> PreparedDataset:
+    """The dataset of ``cfg`` as a prepared cache (reused when unchanged); ``anet train`` uses it too.
 
-    The descriptor (``out_dir/descriptor.json``) names the cache directory; the cache stays where it
-    is (keyed by fingerprint under ``cache_root``), so a rerun after a failure reuses it.
+    Under DDP rank 0 prepares first and the other ranks then find the finished cache.
     """
-    from anet.data.cache import prepare_dataset
+    ctx = setup_runtime(cfg.runtime)
+    with main_first(ctx):
+        return prepare_dataset(read_manifest(cfg), Path(cfg.data.cache_dir).resolve(), tuple(cfg.data.image_size),
+                               cfg.data.quarantine_max_fraction, progress=progress and ctx.is_main)
 
-    cfg = resolve_config(dataset, profile, overrides_json, data_root, cache_root)
+
+def step_config(config_json: str | None, profile: str, dataset: str | None, overrides: Mapping[str, Any] | None,
+                settings: RunSettings | None, data_root: str | None, cache_root: str | None) -> ExperimentConfig:
+    """The run's config: the JSON a driver resolved, or the profile + typed parameters (a UI run).
+
+    With ``config_json``, typed parameters may accompany it (kfp.local needs every parameter) but
+    must agree with it; ``overrides`` must then be empty.
+    """
+    if not config_json:
+        return resolve_config(profile, overrides, settings, dataset=dataset, data_root=data_root,
+                              cache_root=cache_root)
+    cfg = ExperimentConfig.from_json(config_json)
+    if overrides:
+        raise UserError("prepare: config_json is already resolved; pass overrides to the driver instead")
+    flat = cfg.model_dump()
+    for key, value in (settings.as_overrides() if settings else {}).items():
+        section, name = key.split(".")
+        if flat[section][name] != value:
+            raise UserError(f"prepare: parameter {key}={value!r} disagrees with config_json ({flat[section][name]!r})")
+    return cfg
+
+
+@reported_step("prepare")
+def prepare_data(out_dir: str, *, config_json: str | None = None, profile: str = "synthetic",
+                 dataset: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 settings: RunSettings | None = None, data_root: str | None = None, cache_root: str | None = None,
+                 parent_run_id: str | None = None) -> dict[str, Any]:
+    """Resolve the config once, get the dataset, build or reuse the prepared cache, write the descriptor.
+
+    Returns ``{"config_json", "descriptor", "metadata", "report_md"}``; later steps take ``config_json``.
+    """
+    cfg = step_config(config_json, profile, dataset, overrides, settings, data_root, cache_root)
     check_dataset_available(cfg)
-    with _step_run(parent_run_id, "prepare") as tracker:
-        manifest = _manifest_for(cfg)
-        prepared = prepare_dataset(manifest, Path(cfg.data.cache_dir).resolve(), tuple(cfg.data.image_size),
-                                   cfg.data.quarantine_max_fraction, progress=_progress())
+    resolve_pretrained(cfg.model.pretrained)  # fail fast (offline, bad hash) and warm the weight cache
+    with step_run(parent_run_id, "prepare") as tracker:
+        prepared = prepare_from_config(cfg, progress=progress_enabled())
         frame = prepared.manifest.frame
         descriptor = {
             "dataset": cfg.data.dataset, "cache_dir": str(Path(prepared.cache_dir).resolve()),
@@ -133,10 +120,9 @@ def prepare_data(dataset: str, profile: str, overrides_json: str, data_root: str
         atomic_write_text(Path(out_dir) / DESCRIPTOR, json.dumps(descriptor, indent=2, sort_keys=True))
         splits = frame.groupby(["split", "test_set"]).size().to_dict()
         tracker.log_prepare(descriptor, {f"{s}/{t}" if t else s: int(n) for (s, t), n in splits.items()})
-    report = _prepare_report(descriptor, splits)
     metadata = {k: descriptor[k] for k in ("dataset", "cache_dir", "fingerprint", "images", "quarantined")}
     return {"config_json": cfg.to_json(), "descriptor": str(Path(out_dir) / DESCRIPTOR), "metadata": metadata,
-            "report_md": report}
+            "report_md": _prepare_report(descriptor, splits)}
 
 
 def _prepare_report(descriptor: dict[str, Any], splits: dict[tuple[str, str], int]) -> str:

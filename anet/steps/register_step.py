@@ -1,7 +1,6 @@
 """The register step: log the evaluated model, register it, and move the champion alias if it wins.
 
-The served model is :class:`ReidEmbedder` (images -> L2-normalised features), built on first use so
-importing the steps never imports torch; it is pickled under the name ``anet.steps.ReidEmbedder``.
+The served model is :class:`anet.model.embedder.ReidEmbedder` (images -> L2-normalised features).
 A pruned trial registers nothing, and a model is never registered without its primary metric.
 """
 
@@ -11,36 +10,40 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from anet.config import ExperimentConfig
 from anet.errors import UserError
-from anet.steps.common import _config, _reported, _step_run, _Tracker, checkpoint_in, is_pruned
+from anet.mlops import lineage, registry, tracking
+from anet.mlops.step_tracking import StepTracker, run_tags, step_run
+from anet.model.checkpoint_io import load_model_from_checkpoint
+from anet.model.embedder import ReidEmbedder
+from anet.steps.common import checkpoint_in, is_pruned, reported_step
 
 
-@_reported("register")
-def register(config_json: str, dataset: str, metrics_json: str, checkpoint: str, parent_run_id: str,
-             promote: bool = True) -> dict[str, Any]:
+@reported_step("register")
+def register(config_json: str, dataset: str, metrics_json: str, checkpoint: str,
+             parent_run_id: str | None = None, promote: bool = True) -> dict[str, Any]:
     """Log the model, register it as ``anet-<dataset>`` (alias challenger), move champion if it wins.
 
     Returns ``{"status", "metrics", "primary_metric", "primary_value", "model_version", "champion",
     "decision"}``; ``status`` is "pruned" (nothing registered) or "succeeded".
     """
-    cfg = _config(config_json)
+    cfg = ExperimentConfig.from_json(config_json)
     evaluation = json.loads(metrics_json) if metrics_json else {}
     base = {"metrics": evaluation.get("metrics", {}), "primary_metric": cfg.registry.primary_metric,
             "primary_value": evaluation.get("primary_value"), "model_version": None, "champion": False}
     if evaluation.get("status") == "pruned" or is_pruned(checkpoint):
         if parent_run_id:
-            from anet.mlops import tracking
-
             tracking.configure(None)
-            _Tracker(None, parent_run_id).tag_parent({"anet.pruned": "true"})
+            StepTracker(None, parent_run_id).tag_parent({"anet.pruned": "true"})
         return {**base, "status": "pruned", "decision": "pruned trial: nothing registered"}
     if base["primary_value"] is None:
         raise UserError(f"no value for {cfg.registry.primary_metric}: a model is never registered without "
                         "its metric")
     if not parent_run_id:
         return {**base, "status": "succeeded", "decision": "no MLflow run: not registered"}
-    with _step_run(parent_run_id, "register") as tracker:
+    with step_run(parent_run_id, "register") as tracker:
         outcome = _register_candidate(cfg, dataset or cfg.data.dataset, checkpoint_in(checkpoint), evaluation,
                                       parent_run_id, promote)
         tracker.tag_parent({"anet.model_version": outcome["model_version"], "anet.champion": outcome["champion"],
@@ -55,37 +58,12 @@ def _register_candidate(cfg: ExperimentConfig, dataset: str, ckpt: Path, evaluat
     ``promote=False`` (sweep trials) registers the version (alias challenger) without moving the
     champion; the sweep offers the best trial for promotion afterwards.
     """
-    import numpy as np
-
-    from anet.engine import load_model_from_checkpoint
-    from anet.mlops import lineage, registry, tracking
-    from anet.steps import ReidEmbedder
-
     embedder = ReidEmbedder(load_model_from_checkpoint(ckpt).eval(), cfg.eval.feature)
     h, w = cfg.data.image_size
     model_uri = tracking.log_model(embedder, input_example=np.zeros((2, 3, h, w), dtype=np.float32))
-    from mlflow import MlflowClient
-
-    tags = lineage.lineage_tags(fingerprint=MlflowClient().get_run(parent_run_id).data.tags.get("data.fingerprint"))
+    tags = lineage.lineage_tags(fingerprint=run_tags(parent_run_id).get("data.fingerprint"))
     decision = registry.register_candidate(model_uri, dataset, parent_run_id, evaluation["metrics"],
                                            cfg.registry.primary_metric, cfg.registry.promotion_margin,
                                            lineage_tags=tags, promote=promote)
     return {"model_version": str(decision.version), "champion": bool(decision.is_champion),
             "decision": decision.decision, "champion_value": decision.champion_value, "model_uri": model_uri}
-
-
-def _embedder_class() -> type:
-    import torch
-
-    class ReidEmbedder(torch.nn.Module):
-        """What the registry serves: normalised images B x 3 x H x W -> L2-normalised features B x D."""
-
-        def __init__(self, model: torch.nn.Module, feature: str):
-            super().__init__()
-            self.model, self.feature = model, feature
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.model.embed(images, feature=self.feature)  # B x D
-
-    ReidEmbedder.__module__, ReidEmbedder.__qualname__ = "anet.steps", "ReidEmbedder"
-    return ReidEmbedder

@@ -15,12 +15,16 @@ Epochs are 1-based in every hook. Callbacks run on rank 0 only under DDP.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from anet.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 class Callback:
@@ -40,7 +44,7 @@ class Callback:
         return False
 
     def on_stage_end(self, stage_name: str, result: Any) -> None:
-        """Called once with the :class:`anet.engine.StageResult`."""
+        """Called once with the :class:`anet.train.engine.StageResult`."""
 
 
 class ProgressCallback(Callback):
@@ -110,3 +114,25 @@ def _is_stale(line: str, stage_name: str, epoch: int) -> bool:
 def _finite(values: dict[str, float]) -> dict[str, float | None]:
     """JSON has no NaN: non-finite numbers become null."""
     return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in values.items()}
+
+
+class EpochLogCallback(Callback):
+    """Plain log lines per epoch with elapsed time and ETA: what a pipe (a step log, CI) shows."""
+
+    def __init__(self) -> None:
+        self.epochs, self.start_epoch, self.started = 0, 1, 0.0
+
+    def on_stage_start(self, stage_name: str, start_epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs, self.start_epoch, self.started = epochs, start_epoch, time.monotonic()
+        log.info("%s: %d epochs x %d steps (starting at epoch %d)", stage_name, epochs, steps_per_epoch, start_epoch)
+
+    def on_epoch_end(self, stage_name: str, epoch: int, terms: dict[str, float]) -> None:
+        elapsed = time.monotonic() - self.started
+        done = epoch - self.start_epoch + 1
+        eta = elapsed / max(done, 1) * (self.epochs - epoch)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        log.info("%s epoch %d/%d [%.0f s, ETA %.0f s] %s", stage_name, epoch, self.epochs, elapsed, eta, shown)
+
+    def on_eval(self, stage_name: str, epoch: int, metrics: dict[str, float]) -> bool:
+        log.info("%s epoch %d: %s", stage_name, epoch, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return False

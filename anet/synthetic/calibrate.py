@@ -6,10 +6,10 @@ must beat both clearly. It also reports how many identities share each (colour, 
 
 Example::
 
-    python -m anet.data.calibrate --profile synthetic
-    python -m anet.data.calibrate --profile synthetic data.synthetic.difficulty=0.8
+    python -m anet.synthetic.calibrate --profile synthetic
+    python -m anet.synthetic.calibrate --profile synthetic data.synthetic.difficulty=0.8
 
-    from anet.data.calibrate import calibrate
+    from anet.synthetic.calibrate import calibrate
     report = calibrate(load_config("synthetic").data.synthetic)
     report["oracle"]["mAP"], report["raw_pixel"]["mAP"]
 """
@@ -25,40 +25,17 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from anet.config import SyntheticCfg
-from anet.data.synthetic import COLOR_NAMES, TYPE_NAMES, SyntheticSample, plan_identities, render_dataset
-
-
-def exact_map(q_feats: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray, g_feats: np.ndarray,
-              g_ids: np.ndarray, g_cams: np.ndarray) -> tuple[float, int]:
-    """Non-interpolated mAP with cosine similarity; same-id same-camera gallery items are junk.
-
-    Queries without a valid match are skipped. Returns (mAP, number of valid queries).
-    Ties are broken by gallery order (stable sort), as in the project's evaluator.
-    """
-    sims = q_feats @ g_feats.T  # Q x G
-    aps = []
-    for i in range(len(q_feats)):
-        keep = ~((g_ids == q_ids[i]) & (g_cams == q_cams[i]))
-        order = np.argsort(1.0 - sims[i][keep], kind="stable")
-        good = (g_ids[keep] == q_ids[i])[order]
-        if not good.any():
-            continue
-        hits = np.flatnonzero(good)
-        aps.append(float(np.mean(np.arange(1, hits.size + 1) / (hits + 1))))
-    return (float(np.mean(aps)) if aps else float("nan")), len(aps)
+from anet.config import ConfigError, SyntheticCfg, load_config
+from anet.evaluation.ranking import rank_metrics
+from anet.synthetic.generator import COLOR_NAMES, TYPE_NAMES, SyntheticSample, plan_identities, render_dataset
 
 
 def _metrics(q: np.ndarray, g: np.ndarray, qs: list[SyntheticSample], gs: list[SyntheticSample]) -> dict:
-    """mAP / R1 via the project's evaluator when present, else :func:`exact_map`."""
+    """mAP / R1 from the project's evaluator (the same ranking every trained model is scored with)."""
     q_ids, q_cams = np.array([s.vid for s in qs]), np.array([s.camid for s in qs])
     g_ids, g_cams = np.array([s.vid for s in gs]), np.array([s.camid for s in gs])
-    try:
-        from anet.evaluation.ranking import rank_metrics
-    except ImportError:
-        m_ap, valid = exact_map(q, q_ids, q_cams, g, g_ids, g_cams)
-        return {"mAP": m_ap, "num_valid": valid, "evaluator": "calibrate.exact_map"}
     result = rank_metrics(q, q_ids, q_cams, g, g_ids, g_cams, max_rank=min(50, len(gs)))
     return {"mAP": result.mAP, "R1": result.r1, "num_valid": result.num_valid,
             "evaluator": "anet.evaluation.ranking"}
@@ -80,8 +57,6 @@ def oracle_features(samples: list[SyntheticSample], seed: int) -> np.ndarray:
 
 def pixel_features(samples: list[SyntheticSample], side: int = 16) -> np.ndarray:
     """Images downscaled to side x side, flattened and L2-normalised (an untrained-eye baseline)."""
-    from PIL import Image
-
     rows = [np.asarray(Image.open(io.BytesIO(s.jpeg)).convert("RGB").resize((side, side), Image.BOX),
                        dtype=np.float32).ravel() for s in samples]
     return _normalise(np.stack(rows))
@@ -134,10 +109,9 @@ def calibrate(cfg: SyntheticCfg) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m anet.data.calibrate [--profile NAME] [key=value ...]``: print the JSON report."""
-    from anet.config import ConfigError, load_config
+    """``python -m anet.synthetic.calibrate [--profile NAME] [key=value ...]``: print the JSON report."""
 
-    parser = argparse.ArgumentParser(prog="python -m anet.data.calibrate",
+    parser = argparse.ArgumentParser(prog="python -m anet.synthetic.calibrate",
                                      description="Calibration report of the synthetic benchmark (JSON).")
     parser.add_argument("--profile", default="synthetic", help="config profile (default: synthetic)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.synthetic.seed=1")

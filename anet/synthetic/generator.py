@@ -8,7 +8,7 @@ images from one camera and gallery images from that camera (junk for the evaluat
 
 Example:
     >>> from anet.config import load_config
-    >>> from anet.data.synthetic import generate_synthetic, render_dataset
+    >>> from anet.synthetic.generator import generate_synthetic, render_dataset
     >>> cfg = load_config("synthetic").data.synthetic
     >>> manifest = generate_synthetic(cfg, "data/synthetic")   # reused when already there
     >>> manifest.frame.groupby("split").size()      # train 1440, query 120, gallery 600
@@ -32,8 +32,9 @@ import numpy as np
 import pandas as pd
 
 from anet.config import SyntheticCfg
-from anet.data.synthetic_draw import RGB, CameraSpec, Details, render_vehicle_image
+from anet.data.manifest import build_manifest
 from anet.errors import UserError
+from anet.synthetic.draw import RGB, CameraSpec, Details, render_vehicle_image
 
 if TYPE_CHECKING:
     from anet.data.manifest import Manifest
@@ -308,7 +309,6 @@ def _is_complete(out: Path, cfg: SyntheticCfg) -> bool:
 
 
 def _manifest(out: Path) -> Manifest:
-    from anet.data.manifest import build_manifest
 
     labels = pd.read_csv(out / LABELS_FILE, dtype={"vid": str, "test_set": str}, keep_default_na=False)
     records = labels[["path", "vid", "camid", "split", "test_set", "attr_color", "attr_type"]]

@@ -14,8 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anet.config import load_config
 from anet.data.manifest import Manifest
+from anet.data.readers import read_dataset
 from anet.errors import UserError
+from anet.mlops.importer import import_dataset
+from anet.synthetic.generator import generate_synthetic, render_dataset
+from anet.synthetic.layouts import write_layout
 
 DATASETS = ("veri776", "veriwild", "vehicleid")
 LAYOUTS = ("own", *DATASETS)
@@ -58,7 +63,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def inspect_command(args: argparse.Namespace) -> int:
     """``anet data inspect DATASET ROOT [--manifest OUT]``."""
-    from anet.data.readers import read_dataset
 
     manifest = read_dataset(args.dataset, args.root)
     print(format_summary(manifest))
@@ -70,19 +74,14 @@ def inspect_command(args: argparse.Namespace) -> int:
 
 def synth_command(args: argparse.Namespace) -> int:
     """``anet data synth [--profile P] [--layout L] --out DIR [key=value ...]``."""
-    from anet.config import load_config
 
     overrides = [o if o.startswith("data.synthetic.") else f"data.synthetic.{o}" for o in args.overrides]
     cfg = load_config(args.profile, overrides).data.synthetic
     out: Path = args.out
     if args.layout == "own":
-        from anet.data.synthetic import generate_synthetic
 
         manifest = generate_synthetic(cfg, out)
     else:
-        from anet.data.layouts import write_layout
-        from anet.data.readers import read_dataset
-        from anet.data.synthetic import render_dataset
 
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"{out}: already exists and is not an empty folder; choose a new --out")
@@ -95,7 +94,6 @@ def synth_command(args: argparse.Namespace) -> int:
 
 def import_command(args: argparse.Namespace) -> int:
     """``anet data import DATASET SOURCE [--data-dir DIR] [--no-push] [--overwrite]``."""
-    from anet.data.importer import import_dataset
 
     kwargs = {"overwrite": True} if args.overwrite else {}
     result = import_dataset(args.dataset, str(args.source), data_dir=Path(args.data_dir),

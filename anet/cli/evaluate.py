@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from anet.config import load_config
 from anet.errors import UserError
+from anet.evaluation.ranking import rank_metrics
+from anet.evaluation.run import evaluate_checkpoint
 
 FEATURE_ARRAYS = ("query_feats", "query_ids", "query_cams", "gallery_feats", "gallery_ids", "gallery_cams")
 
@@ -88,7 +91,6 @@ def _json_safe(value: Any) -> Any:
 
 def evaluate_features_command(args: argparse.Namespace) -> int:
     """``anet evaluate-features FILE.npz [--max-rank N] [--no-junk-removal] [--block-size B]``."""
-    from anet.evaluation.ranking import rank_metrics
 
     if args.max_rank < 1 or args.block_size < 1:
         raise UserError("--max-rank and --block-size must be >= 1")
@@ -110,8 +112,6 @@ def evaluate_features_command(args: argparse.Namespace) -> int:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """``anet evaluate --checkpoint CKPT --cache DIR [--feature j] [--flip] [--out DIR]``."""
-    from anet.config import load_config
-    from anet.evaluation.run import evaluate_checkpoint
 
     if not args.checkpoint.is_file():
         raise UserError(f"{args.checkpoint}: no such checkpoint file")

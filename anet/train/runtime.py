@@ -2,7 +2,7 @@
 
 None of this changes the maths; it only decides the device, the number format and how ranks talk::
 
-    from anet.runtime import setup_runtime, autocast, wrap_ddp
+    from anet.train.runtime import setup_runtime, autocast, wrap_ddp
     ctx = setup_runtime(cfg.runtime)          # seeds, threads, determinism, torchrun process group
     model = model.to(ctx.device)
     with autocast(ctx.device, cfg.runtime.precision):

@@ -1,4 +1,4 @@
-"""Pillow drawing of one synthetic vehicle (used by :mod:`anet.data.synthetic`).
+"""Pillow drawing of one synthetic vehicle (used by :mod:`anet.synthetic.generator`).
 
 A vehicle is a box seen from a yaw angle: its side face is drawn foreshortened by ``|sin(yaw)|`` and its
 front or rear face by ``|cos(yaw)|``, each in face-local coordinates (u or s across, v up, both in [0, 1]).

@@ -7,7 +7,7 @@ The readers are tested on these copies, and users can try the readers without th
 
 or from Python::
 
-    from anet.data.synthetic import render_dataset
+    from anet.synthetic.generator import render_dataset
     write_veri776(render_dataset(cfg.data.synthetic), "/tmp/fake_veri")
 
 Quirks reproduced (shared/research/reid-anchors.md sections 1 and 6):
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from anet.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
-    from anet.data.synthetic import SyntheticSample, SyntheticSet
+    from anet.synthetic.generator import SyntheticSample, SyntheticSet
 
 VERIWILD_COLORS: dict[str, tuple[str, ...]] = {
     "yellow": ("yellow",), "orange": ("yellow", "golden"), "green": ("green",),

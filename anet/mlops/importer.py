@@ -23,14 +23,15 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from anet.data.archive import extract_archive, is_archive
+from anet.data.readers import read_dataset
 from anet.errors import UserError
+from anet.mlops.dvc import dvc, dvc_remotes, dvc_root
+from anet.mlops.s3 import check_endpoint, download_file, download_prefix
 
 _JUNK = {"__MACOSX", ".DS_Store"}
 
@@ -41,14 +42,12 @@ def import_dataset(dataset: str, source: str, data_dir: str | os.PathLike[str] =
 
     Returns a small JSON-able summary. See the module docstring for sources and remotes.
     """
-    from anet.data.readers import read_dataset
 
     data_dir = Path(data_dir).resolve()
     target = data_dir / dataset
     if target.exists() and not overwrite:
         raise UserError(f"{target}: already exists; pass --overwrite to replace it")
     if source.startswith("s3://"):
-        from anet.mlops.s3 import check_endpoint
 
         check_endpoint(source)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +76,6 @@ def _fetch(source: str, staging: Path, progress: bool) -> Path:
     tree = staging / "tree"
     staging.mkdir(parents=True)
     if source.startswith("s3://"):
-        from anet.mlops.s3 import download_file, download_prefix
 
         if is_archive(source):
             local = staging / Path(source.rstrip("/")).name
@@ -125,28 +123,3 @@ def _swap_in(root: Path, target: Path, staging: Path) -> None:
     if target.exists():
         os.rename(target, staging / "previous")  # removed with the staging folder
     os.rename(root, target)
-
-
-def dvc_root(start: Path) -> Path | None:
-    """The nearest folder at or above ``start`` that holds a ``.dvc`` directory."""
-    for folder in [start, *start.parents]:
-        if (folder / ".dvc").is_dir():
-            return folder
-    return None
-
-
-def dvc(repo: Path, *args: str) -> str:
-    """Run ``dvc <args>`` in ``repo`` with this interpreter; a failure is a UserError with DVC's message."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:]
-        raise UserError(f"{repo}: `dvc {' '.join(args)}` failed: {' / '.join(errors)[:400]}")
-    return proc.stdout
-
-
-def dvc_remotes(repo: Path) -> list[str]:
-    """Names of the configured DVC remotes (empty when none: push is skipped)."""
-    return [line.split()[0] for line in dvc(repo, "remote", "list").splitlines() if line.strip()]

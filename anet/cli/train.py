@@ -16,7 +16,14 @@ import argparse
 import os
 from pathlib import Path
 
+from anet.config import load_config
 from anet.errors import UserError
+from anet.evaluation.in_training import make_eval_fn
+from anet.mlops.pretrained import pretrained_tags, resolve_pretrained
+from anet.steps.prepare import prepare_from_config
+from anet.train.callbacks import JsonlLogCallback
+from anet.train.runtime import shutdown_distributed
+from anet.train.stage import run_stage, stage_cfg
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -37,11 +44,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     """Run the requested stage(s); each writes ``<out>/<stage>/{last,final}.pt`` and ``<out>/log.jsonl``."""
-    from anet.callbacks import JsonlLogCallback
-    from anet.config import load_config
-    from anet.runtime import shutdown_distributed
-    from anet.training import make_eval_fn, prepare_from_config, run_stage, stage_cfg
-
     cfg = load_config(args.config, list(args.overrides))
     out = args.out or Path("runs") / cfg.name
     stages = {"one": ["stage_one"], "two": ["stage_two"], "both": ["stage_one", "stage_two"]}[args.stage]
@@ -51,6 +53,7 @@ def train_command(args: argparse.Namespace) -> int:
         if not default.is_file():
             raise UserError(f"--stage two needs --init-from (a stage-one final.pt); {default} does not exist")
         init_from = default
+    weights = resolve_pretrained(cfg.model.pretrained) if init_from is None else None
     is_main = int(os.environ.get("RANK", "0")) == 0
     try:
         prepared = prepare_from_config(cfg, progress=not args.no_progress)
@@ -58,7 +61,9 @@ def train_command(args: argparse.Namespace) -> int:
             eval_fn = make_eval_fn(cfg, prepared) if stage_cfg(cfg, name).eval_every else None
             result = run_stage(cfg, prepared.cache_dir, name, out / name, init_from=init_from,
                                callbacks=[JsonlLogCallback(out / "log.jsonl")], eval_fn=eval_fn,
-                               resume=not args.no_resume, progress=not args.no_progress)
+                               resume=not args.no_resume, progress=not args.no_progress,
+                               pretrained=weights.path if weights else None,
+                               provenance=pretrained_tags(weights) if weights else None)
             if is_main:
                 print(f"{name}: {result.epochs_run} epochs, checkpoint {result.checkpoint}"
                       + (f" (stopped: {result.stopped})" if result.stopped else ""))

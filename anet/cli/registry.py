@@ -16,6 +16,8 @@ import argparse
 import typing
 
 from anet.config import DatasetName
+from anet.mlops.registry import list_versions, model_name, promote
+from anet.mlops.tracking import check_tracking_server, configure, redact_url
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +41,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _connect(tracking_uri: str | None) -> str:
-    from anet.mlops.tracking import check_tracking_server, configure
 
     uri = configure(tracking_uri)
     check_tracking_server(uri)
@@ -48,7 +49,6 @@ def _connect(tracking_uri: str | None) -> str:
 
 def run_promote(args: argparse.Namespace) -> int:
     """``registry promote``: move alias champion to ``--version``."""
-    from anet.mlops.registry import model_name, promote
 
     _connect(args.tracking_uri)
     decision = promote(args.dataset, args.version, reason=args.reason)
@@ -60,8 +60,6 @@ def run_promote(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """``registry show``: one line per version."""
-    from anet.mlops.registry import list_versions, model_name
-    from anet.mlops.tracking import redact_url
 
     uri = _connect(args.tracking_uri)
     versions = list_versions(args.dataset)

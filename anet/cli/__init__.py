@@ -17,16 +17,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from anet.cli import data as data_commands
+from anet.cli import evaluate as eval_commands
+from anet.cli import registry as registry_commands
+from anet.cli import train as train_commands
 from anet.errors import run_guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each area contributes its sub-commands explicitly."""
-    from anet import train_commands
-    from anet.data import commands as data_commands
-    from anet.evaluation import commands as eval_commands
-    from anet.mlops import commands as registry_commands
-
     parser = argparse.ArgumentParser(prog="anet", description="AttributeNet vehicle re-identification")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_commands.add_commands(sub)

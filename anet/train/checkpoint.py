@@ -5,8 +5,11 @@ A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_o
     {"model", "optimizer", "scheduler", "scaler", "sampler", "rng" (one entry per DDP rank), "epoch",
      "config_digest", "stage", "num_ids", "attr_classes", "model_cfg"}
 
+Reading a checkpoint back into a model (evaluation, registration) lives in
+:mod:`anet.model.checkpoint_io`, below this package, so that evaluation never imports training.
+
 Example:
-    >>> model = load_model_from_checkpoint("runs/demo/stage_two/final.pt")   # eval mode, CPU
+    >>> save_state(state, Path("runs/demo/stage_one/last.pt"), ctx)
 """
 
 from __future__ import annotations
@@ -21,10 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from anet.config import ModelCfg, RuntimeCfg, StageCfg
+from anet.config import RuntimeCfg, StageCfg
 from anet.errors import UserError
 from anet.io import atomic_path
-from anet.runtime import RuntimeContext, gather_objects, rng_state, seed_everything, set_rng_state, unwrap
+from anet.model.checkpoint_io import read_checkpoint
+from anet.train.runtime import (
+    RuntimeContext,
+    gather_objects,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    unwrap,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +47,7 @@ class RunMeta:
     num_ids: int
     attr_classes: dict[str, int]
     model_cfg: dict[str, Any]
+    provenance: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. pretrained.source/.sha256
 
 
 @dataclasses.dataclass
@@ -52,14 +64,16 @@ class TrainState:
     epoch: int = 0  # completed epochs of this stage
 
 
-def run_meta(model: nn.Module, data: Any, stage: StageCfg, runtime: RuntimeCfg, config: Any | None) -> RunMeta:
+def run_meta(model: nn.Module, data: Any, stage: StageCfg, runtime: RuntimeCfg, config: Any | None,
+             provenance: dict[str, str] | None = None) -> RunMeta:
     """The run's identity: the whole config's digest when given, else a digest of stage + runtime."""
     if config is not None:
         digest, model_cfg = config.digest(), config.model.model_dump(mode="json")
     else:
         text = json.dumps([stage.model_dump(mode="json"), runtime.model_dump(mode="json")], sort_keys=True)
         digest, model_cfg = hashlib.sha256(text.encode()).hexdigest()[:16], {}
-    return RunMeta(digest, stage.name, int(data.num_ids), dict(data.attr_classes), model_cfg)
+    return RunMeta(digest, stage.name, int(data.num_ids), dict(data.attr_classes), model_cfg,
+                   dict(provenance or {}))
 
 
 def save_state(state: TrainState, path: Path, ctx: RuntimeContext) -> None:
@@ -77,6 +91,7 @@ def save_state(state: TrainState, path: Path, ctx: RuntimeContext) -> None:
         "rng": rng,
         "epoch": state.epoch,
         "config_digest": meta.digest,
+        "provenance": meta.provenance,
         "stage": meta.stage,
         "num_ids": meta.num_ids,
         "attr_classes": meta.attr_classes,
@@ -121,20 +136,6 @@ def save_final(last_path: Path, ctx: RuntimeContext) -> Path:
     return final
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with a one-line UserError for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint; pass the final.pt (or last.pt) a training stage wrote")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt/foreign files become one readable line
-        raise UserError(f"{path}: not a readable anet checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{path}: not an anet checkpoint (no 'model' entry)")
-    return ckpt
-
-
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load only the model weights of a checkpoint (stage two's ``init_from``); strict key match."""
     ckpt = read_checkpoint(path)
@@ -142,21 +143,3 @@ def load_weights(model: nn.Module, path: Path) -> None:
     if result.missing_keys or result.unexpected_keys:
         raise UserError(f"{path}: weights do not fit this model (missing {result.missing_keys[:3]}, unexpected "
                         f"{result.unexpected_keys[:3]}); was it trained with another model config?")
-
-
-def load_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the ANet a checkpoint was trained as (model cfg, num_ids, attr_classes), in eval mode.
-
-    Example:
-        >>> model = load_model_from_checkpoint("runs/demo/stage_one/final.pt")
-        >>> feats = model.embed(images, feature="j")
-    """
-    from anet.model import build_model
-
-    ckpt = read_checkpoint(path, map_location)
-    if not ckpt.get("model_cfg"):
-        raise UserError(f"{path}: the checkpoint has no model config (trained without config=); cannot rebuild")
-    cfg = ModelCfg.model_validate({**ckpt["model_cfg"], "pretrained": None})  # weights come from ckpt
-    model = build_model(cfg, int(ckpt["num_ids"]), dict(ckpt["attr_classes"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(map_location).eval()

@@ -26,21 +26,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from anet.callbacks import Callback, ProgressCallback
-from anet.checkpoint import (
+from anet.config import ExperimentConfig, RuntimeCfg, StageCfg
+from anet.data.augment import BatchAugment
+from anet.data.loader import TrainBatches
+from anet.data.sampler import PKSampler
+from anet.errors import UserError
+from anet.model import freeze_for_amelioration, set_train_mode
+from anet.train.callbacks import Callback, ProgressCallback
+from anet.train.checkpoint import (
     RunMeta,
     TrainState,
-    load_model_from_checkpoint,
     load_weights,
     restore_state,
     run_meta,
     save_final,
     save_state,
 )
-from anet.config import ExperimentConfig, RuntimeCfg, StageCfg
-from anet.errors import UserError
-from anet.model import freeze_for_amelioration, set_train_mode
-from anet.runtime import (
+from anet.train.runtime import (
     RuntimeContext,
     all_reduce_mean,
     all_true,
@@ -55,10 +57,11 @@ from anet.runtime import (
     wrap_ddp,
 )
 
-__all__ = ["StageResult", "TrainData", "TrainingDiverged", "build_train_data", "load_model_from_checkpoint",
+__all__ = ["StageResult", "TrainData", "TrainingDiverged", "attribute_classes", "build_train_data",
            "make_optimizer", "make_scheduler", "to_fp32", "train_stage"]
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
+RAW_PREFIX = "raw/"  # logged as train/raw/<term>: the term before its lambda
 
 
 class TrainingDiverged(UserError):
@@ -69,7 +72,7 @@ class TrainingDiverged(UserError):
 class TrainData:
     """What the loop consumes: the PK sampler, the batch iterable over it, the device augmentation."""
 
-    sampler: Any  # anet.data.sampler.PKSampler
+    sampler: PKSampler
     batches: Iterable[Any]  # anet.data.loader.TrainBatches -> Batch
     augment: nn.Module  # anet.data.augment.BatchAugment: uint8 B x H x W x 3 -> float B x 3 x H x W
     attributes: tuple[str, ...]
@@ -99,26 +102,27 @@ def build_train_data(prepared: Any, cfg: ExperimentConfig, rank: int = 0, world_
     Example:
         >>> data = build_train_data(PreparedDataset.open(cache_dir), cfg)
     """
-    from anet.data.augment import BatchAugment
-    from anet.data.loader import TrainBatches
-    from anet.data.sampler import PKSampler
-
     train = prepared.train_rows()
     sampler = PKSampler(train["label"].to_numpy(), p=cfg.data.p_ids, k=cfg.data.k_imgs, seed=cfg.runtime.seed,
                         rank=rank, world_size=world_size)
     attributes = tuple(cfg.data.attributes)
-    all_classes = prepared.manifest.attr_classes()
-    missing = [a for a in attributes if a not in all_classes]
-    if missing:
-        raise UserError(f"data.attributes: {missing} not in the dataset (it has {', '.join(all_classes) or 'none'})")
     return TrainData(
         sampler=sampler,
         batches=TrainBatches(prepared, sampler, attributes, pin_memory=torch.cuda.is_available()),
         augment=BatchAugment(cfg.augment, channels_last=cfg.runtime.channels_last),
         attributes=attributes,
         num_ids=prepared.manifest.num_train_ids(),
-        attr_classes={a: all_classes[a] for a in attributes},
+        attr_classes=attribute_classes(prepared, attributes),
     )
+
+
+def attribute_classes(prepared: Any, attributes: Sequence[str]) -> dict[str, int]:
+    """``{attribute: number of classes}`` for the configured attributes; one line when one is missing."""
+    all_classes = prepared.manifest.attr_classes()
+    missing = [a for a in attributes if a not in all_classes]
+    if missing:
+        raise UserError(f"data.attributes: {missing} not in the dataset (it has {', '.join(all_classes) or 'none'})")
+    return {a: all_classes[a] for a in attributes}
 
 
 def make_optimizer(model: nn.Module, stage: StageCfg) -> torch.optim.Optimizer:
@@ -168,7 +172,8 @@ class _Loop:
 def train_stage(model: nn.Module, criterion: Callable[..., dict[str, torch.Tensor]], stage: StageCfg,
                 data: TrainData, runtime: RuntimeCfg, out_dir: str | Path, init_from: str | Path | None = None,
                 resume: bool = True, callbacks: Sequence[Callback] = (), eval_fn: EvalFn | None = None,
-                *, config: ExperimentConfig | None = None, progress: bool = True) -> StageResult:
+                *, config: ExperimentConfig | None = None, progress: bool = True,
+                provenance: dict[str, str] | None = None) -> StageResult:
     """Train ``model`` for one stage; returns where ``final.pt`` is and the last epoch's terms.
 
     Args:
@@ -182,7 +187,7 @@ def train_stage(model: nn.Module, criterion: Callable[..., dict[str, torch.Tenso
         ...                      Path("runs/demo/stage_one"), config=cfg)
     """
     loop = _setup(model, criterion, stage, data, runtime, Path(out_dir), init_from, resume, callbacks,
-                  progress, run_meta(model, data, stage, runtime, config))
+                  progress, run_meta(model, data, stage, runtime, config, provenance))
     start_epoch = loop.state.epoch
     for cb in loop.callbacks:
         cb.on_stage_start(stage.name, start_epoch + 1, stage.epochs, len(data.sampler))
@@ -256,17 +261,23 @@ def _train_one_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
-        for name, value in values.items():
+        for name, value in {**values, **_raw_values(terms)}.items():
             sums[name] = sums.get(name, 0.0) + value
             counts[name] = counts.get(name, 0) + 1
         for cb in loop.callbacks:
             cb.on_step_end(stage.name, epoch + 1, step, sum(values.values()))
     sync_buffers(loop.net, loop.ctx)
     means = all_reduce_mean({n: sums[n] / counts[n] for n in sums}, loop.ctx)
-    means["loss"] = sum(means.values())
+    means["loss"] = sum(v for n, v in means.items() if not n.startswith(RAW_PREFIX))
     means["lr"] = state.optimizer.param_groups[0]["lr"]
     state.epoch = epoch + 1
     return means
+
+
+def _raw_values(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``raw/<term>``: a criterion's unweighted values (logged beside the weighted ones, never summed)."""
+    raw = getattr(terms, "raw", {})
+    return {f"{RAW_PREFIX}{name}": float(value) for name, value in raw.items()}
 
 
 def _forward_terms(loop: _Loop, batch: Any) -> dict[str, torch.Tensor]:
