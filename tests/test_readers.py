@@ -1,9 +1,10 @@
-"""Readers on fake copies of the real layouts, written with every known quirk by anet.data.layouts."""
+"""Readers on fake copies of the real layouts, written with every known quirk by anet.synthetic.layouts."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anet.data import commands
-from anet.data.layouts import write_vehicleid, write_veri776, write_veriwild
+from anet.cli import data as commands
 from anet.data.readers import read_dataset
 from anet.errors import UserError
+from anet.synthetic.layouts import write_vehicleid, write_veri776, write_veriwild
 
 VERI_COLORS = ["yellow", "orange", "green", "gray", "red", "blue", "white", "golden", "brown", "black"]
 VERI_TYPES = ["sedan", "suv", "van", "hatchback", "mpv", "pickup", "bus", "truck", "estate"]
@@ -23,7 +24,7 @@ N_TRAIN, N_TEST = 24, 16  # 3 images per id: train all "train"; test 1 query (ca
 
 
 @dataclass(frozen=True)
-class Sample:  # the fields of anet.data.synthetic.SyntheticSample the writers use
+class Sample:  # the fields of anet.synthetic.generator.SyntheticSample the writers use
     vid: int
     camid: int
     color: int
@@ -34,7 +35,7 @@ class Sample:  # the fields of anet.data.synthetic.SyntheticSample the writers u
 
 
 @dataclass(frozen=True)
-class FakeSet:  # shaped like anet.data.synthetic.SyntheticSet
+class FakeSet:  # shaped like anet.synthetic.generator.SyntheticSet
     samples: list[Sample]
     color_names: list[str]
     type_names: list[str]
@@ -47,8 +48,7 @@ def _jpeg(color: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def fake_set() -> FakeSet:
+def make_fake_set() -> FakeSet:
     """40 vehicles; colors/types chosen so every VeRi-Wild color and type appears."""
     jpegs = [_jpeg(c) for c in range(10)]
     samples = []
@@ -59,6 +59,11 @@ def fake_set() -> FakeSet:
             camid = k % 3 if vid < N_TRAIN else (0, 0, 1)[k]
             samples.append(Sample(vid, camid, color, type_, vid % 3, split, jpegs[color]))
     return FakeSet(samples, VERI_COLORS, VERI_TYPES, MODELS)
+
+
+@pytest.fixture(scope="module")
+def fake_set() -> FakeSet:
+    return make_fake_set()
 
 
 def _counts(manifest) -> dict[tuple[str, str], tuple[int, int, int]]:
@@ -207,16 +212,22 @@ def test_malformed_xml_names_file_and_line(fake_set, tmp_path):
      ("veriwild", write_veriwild, "images", "train_list.txt"),
      ("vehicleid", write_vehicleid, "image", "train_list.txt")],
 )
-def test_absent_images_counted_with_samples(fake_set, tmp_path, layout, writer, folder, list_file):
+def test_absent_images_logged_counted_and_kept(fake_set, tmp_path, caplog, layout, writer, folder, list_file):
     root = writer(fake_set, tmp_path / layout)
     gone = sorted((root / folder).rglob("*.jpg"))[:4]
     for path in gone:
         path.unlink()
-    with pytest.raises(UserError) as err:
+    with caplog.at_level(logging.WARNING, logger="anet.data.readers"):
+        m = read_dataset(layout, root)  # the prepare step quarantines them against the limit
+    assert m.notes["images_missing"] == 4
+    assert set(m.frame.path.str.rsplit("/", n=1).str[-1]) >= {p.name for p in gone}  # rows kept
+    [message] = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert f"{list_file}: 4 listed images missing under {folder}/" in message and gone[0].name in message
+    for path in (root / folder).rglob("*.jpg"):  # every image of the list gone: the wrong root
+        path.unlink()
+    with pytest.raises(UserError, match=rf"{list_file}: all \d+ listed images are missing under {folder}/ "
+                       r".*re-extract the archive or check the root"):
         read_dataset(layout, root)
-    msg = str(err.value)
-    assert f"{list_file}: 4 listed images are missing under {folder}/" in msg
-    assert gone[0].name in msg and "re-extract" in msg
 
 
 def test_root_errors_say_what_was_expected(fake_set, tmp_path):
@@ -249,14 +260,9 @@ def test_data_inspect_prints_table_and_writes_manifest(fake_set, tmp_path, capsy
     assert "100.0%" in text and out.is_file()
 
 
-def test_data_import_calls_importer_lazily(monkeypatch, tmp_path, capsys):
-    import sys
-    import types
-
+def test_data_import_passes_arguments_to_the_importer(monkeypatch, tmp_path, capsys):
     calls = []
-    fake = types.ModuleType("anet.data.importer")
-    fake.import_dataset = lambda *a, **k: calls.append((a, k)) or {"rows": 3}
-    monkeypatch.setitem(sys.modules, "anet.data.importer", fake)
+    monkeypatch.setattr(commands, "import_dataset", lambda *a, **k: calls.append((a, k)) or {"rows": 3})
     args = _parse(["data", "import", "veri776", "s3://b/VeRi.zip", "--no-push"])
     assert args.func(args) == 0
     args = _parse(["data", "import", "vehicleid", str(tmp_path), "--data-dir", "d", "--overwrite"])
@@ -271,7 +277,7 @@ TINY = ["train_ids=3", "test_ids=3", "images_per_id=4", "cameras=3", "image_size
 
 @pytest.mark.parametrize("layout", ["veri776", "veriwild", "vehicleid"])
 def test_data_synth_fake_layout_round_trip(layout, tmp_path, capsys):
-    pytest.importorskip("anet.data.synthetic")
+    pytest.importorskip("anet.synthetic.generator")
     args = _parse(["data", "synth", "--profile", "smoke", "--layout", layout, "--out", str(tmp_path / "x"), *TINY])
     assert args.func(args) == 0
     m = read_dataset(layout, tmp_path / "x")

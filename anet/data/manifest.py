@@ -14,6 +14,9 @@ Every reader (and the synthetic generator) returns a :class:`Manifest`; everythi
 Frame columns: ``path`` (relative to ``root``), ``vid`` (original id as text), ``label`` (int64,
 contiguous over the train split, -1 elsewhere), ``camid`` (int64, -1 unknown), ``split``
 (train | query | gallery | test), ``test_set`` ("" for train), ``attr_<name>`` (int64, -1 missing).
+
+``notes`` holds what the reader counted but did not fail on, e.g. ``{"duplicates_dropped": 3,
+"images_missing": 1}`` (saved with the manifest; empty for older files and the synthetic set).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ class Manifest:
     root: str
     frame: pd.DataFrame
     vocab: dict[str, list[str]]
+    notes: dict[str, int] = field(default_factory=dict)  # reader counts (see the module docstring)
 
     def attr_classes(self) -> dict[str, int]:
         """Number of classes per attribute, e.g. ``{"color": 10, "type": 9}``."""
@@ -99,7 +103,8 @@ class Manifest:
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pandas(self.frame.reset_index(drop=True), preserve_index=False)
-        meta = {"version": _FORMAT_VERSION, "dataset": self.dataset, "root": self.root, "vocab": self.vocab}
+        meta = {"version": _FORMAT_VERSION, "dataset": self.dataset, "root": self.root, "vocab": self.vocab,
+                "notes": self.notes}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                _META_KEY: json.dumps(meta).encode("utf-8")})
         with atomic_path(path, suffix=".parquet") as tmp:
@@ -129,7 +134,8 @@ class Manifest:
         if missing:
             raise UserError(f"{path}: manifest lacks columns {missing}; regenerate it")
         vocab = {str(k): [str(v) for v in vals] for k, vals in raw_vocab.items()}
-        return cls(dataset=str(dataset), root=str(root), frame=frame, vocab=vocab)
+        notes = {str(k): int(v) for k, v in meta.get("notes", {}).items()}
+        return cls(dataset=str(dataset), root=str(root), frame=frame, vocab=vocab, notes=notes)
 
 
 def vid_sort_key(vid: str) -> tuple[int, int | str]:
@@ -142,11 +148,13 @@ def build_manifest(
     root: str | os.PathLike[str],
     records: Iterable[Sequence[Any]],
     vocab: Mapping[str, Sequence[str]],
+    notes: Mapping[str, int] | None = None,
 ) -> Manifest:
     """Assemble a manifest from ``(path, vid, camid, split, test_set, *attr_ids)`` records.
 
     ``attr_ids`` follow the order of ``vocab`` (-1 = missing). Labels are assigned here: contiguous
     0..n-1 over the train rows' vids in :func:`vid_sort_key` order, -1 for every other row.
+    ``notes``: the reader's counts (zero counts are left out).
 
     Example:
         >>> m = build_manifest("synthetic", "/data", [("a.jpg", "7", 0, "train", "", 3)], {"color": ["x"] * 4})
@@ -165,4 +173,5 @@ def build_manifest(
     labels = [label_of[v] if s == "train" else -1 for v, s in zip(frame["vid"], frame["split"], strict=True)]
     frame.insert(2, "label", np.asarray(labels, dtype=np.int64))
     return Manifest(dataset=dataset, root=str(Path(root).resolve()), frame=frame,
-                    vocab={n: list(vocab[n]) for n in names})
+                    vocab={n: list(vocab[n]) for n in names},
+                    notes={k: int(v) for k, v in (notes or {}).items() if v})

@@ -6,14 +6,18 @@ Example::
     manifest = read_dataset("veriwild", "data/veriwild")     # or "veri776", "vehicleid"
 
 Every problem a user can fix is one :class:`~anet.errors.UserError` line: ``file:line: what is wrong``
-for malformed lines, the count and a few samples for listed-but-missing images, and the files that
-were looked for when the root is not the expected layout.
+for malformed, undecodable, conflicting or duplicated lines and for train/test overlaps (see
+:mod:`anet.data.readers.checks`), and the files that were looked for when the root is not the
+expected layout. Listed-but-missing images are NOT an error here (unless every image of a list is
+missing: wrong root): they are logged, counted in ``Manifest.notes["images_missing"]`` and kept, so
+that the prepare step quarantines them (reason ``missing``) against ``data.quarantine_max_fraction``.
 
 The helpers below are shared by the three reader modules (which import them from this package).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,6 +32,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "vehicleid": ("train_test_split/train_list.txt", "attribute/", "image/"),
 }
 TITLES = {"veri776": "VeRi-776", "veriwild": "VeRi-Wild", "vehicleid": "VehicleID"}
+log = logging.getLogger("anet.data.readers")
 
 
 def read_dataset(name: str, root: str | os.PathLike[str]) -> Manifest:
@@ -95,14 +100,25 @@ def line_error(path: Path, lineno: int, what: str) -> UserError:
 
 
 def read_text(path: Path, encodings: tuple[str, ...] = ("utf-8-sig",)) -> str:
-    """Decode a text file with the first encoding that works; fail with one line otherwise."""
+    """Decode a text file with the first encoding that works; fail with one ``file:line:`` line otherwise."""
     data = path.read_bytes()
+    first_error: UnicodeDecodeError | None = None
     for encoding in encodings:
         try:
             return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise UserError(f"{path}: not {' or '.join(encodings)} text; re-extract the archive")
+        except UnicodeDecodeError as exc:
+            first_error = first_error or exc
+    raise decode_error(path, data, first_error, " or ".join(encodings))
+
+
+def decode_error(path: Path, data: bytes, exc: UnicodeDecodeError | None, encoding: str) -> UserError:
+    """The ``file:line: not <encoding> text`` error, at the line of the first undecodable byte."""
+    start = exc.start if exc is not None else 0
+    lineno = data[:start].count(b"\n") + 1
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    byte = f"byte 0x{data[start]:02x} " if start < len(data) else ""
+    return line_error(path, lineno, f"not {encoding} text ({byte}at column {column}); "
+                      "re-extract the archive or re-save the file in that encoding")
 
 
 def iter_lines(path: Path, encodings: tuple[str, ...] = ("utf-8-sig",)) -> Iterator[tuple[int, str]]:
@@ -139,15 +155,19 @@ def read_id_names(path: Path, name_first: bool, encodings: tuple[str, ...] = ("u
 
 
 def check_images(root: Path, list_file: Path, image_dir: str, names: Iterable[str],
-                 listing: dict[str, set[str]] | None = None) -> None:
-    """Fail with one line if images named by ``list_file`` are absent under ``root / image_dir``.
+                 listing: dict[str, set[str]] | None = None) -> int:
+    """Count the images named by ``list_file`` that are absent under ``root / image_dir``.
 
+    Missing images are logged (count and samples) and returned, not raised: the prepare step
+    quarantines them against ``data.quarantine_max_fraction``. When EVERY image of a non-empty list is
+    missing, the root is wrong (or the archive was not extracted): that is one UserError line.
     ``names`` are paths relative to ``image_dir`` (``a.jpg`` or ``00001/000004.jpg``). Each folder is
     listed once (pass the same ``listing`` dict for several lists), which is much faster than one
     ``stat`` per image on a network disk.
     """
     listing = {} if listing is None else listing
     base_dir = os.path.join(root, image_dir)
+    names = list(names)
     missing: list[str] = []
     for name in names:
         folder, _, base = name.rpartition("/")
@@ -159,7 +179,10 @@ def check_images(root: Path, list_file: Path, image_dir: str, names: Iterable[st
                 listing[directory] = set()
         if base not in listing[directory]:
             missing.append(name)
-    if missing:
-        noun = "image is" if len(missing) == 1 else "images are"
-        raise UserError(f"{list_file}: {len(missing)} listed {noun} missing under {image_dir}/ "
+    if missing and len(missing) == len(names):
+        raise UserError(f"{list_file}: all {len(missing)} listed images are missing under {image_dir}/ "
                         f"(e.g. {', '.join(missing[:3])}); re-extract the archive or check the root")
+    if missing:
+        log.warning("%s: %d listed image%s missing under %s/ (e.g. %s); they will be quarantined as 'missing'",
+                    list_file, len(missing), "" if len(missing) == 1 else "s", image_dir, ", ".join(missing[:3]))
+    return len(missing)

@@ -13,6 +13,10 @@ Quirks handled:
   also in ``image_test``); the query's copy in the gallery is removed later by the same-camera rule;
 - vehicle and camera ids come from the file NAME only (``0042_c007_...``), never from the directory.
 Cameras are stored 0-based (c001 -> 0), colors and types 0-based (list ids are 1-based).
+
+Checked (:mod:`anet.data.readers.checks`): an image twice in a label XML with different labels, or an
+image / vehicle id in both ``name_train.txt`` and the query/test lists, is a ``file:line`` UserError;
+exact repeats (XML items, list lines) are dropped and counted.
 """
 
 from __future__ import annotations
@@ -20,10 +24,20 @@ from __future__ import annotations
 import os
 import re
 import xml.parsers.expat as expat
+from collections import Counter
 from pathlib import Path
 
 from anet.data.manifest import Manifest, build_manifest
-from anet.data.readers import check_images, check_root, iter_lines, line_error, read_id_names, require_file
+from anet.data.readers import (
+    check_images,
+    check_root,
+    decode_error,
+    iter_lines,
+    line_error,
+    read_id_names,
+    require_file,
+)
+from anet.data.readers.checks import Row, check_disjoint, dedupe, first_lines
 from anet.errors import UserError
 
 VERI_COLORS = ("yellow", "orange", "green", "gray", "red", "blue", "white", "golden", "brown", "black")
@@ -38,6 +52,7 @@ _PARTS = (
     ("name_query.txt", "image_query", "query", "test", "test_label.xml"),
     ("name_test.txt", "image_test", "gallery", "test", "test_label.xml"),
 )
+NameRow = tuple[int, str, str, int]  # (line, file name, vid, 0-based camid)
 
 
 def read_veri776(root: str | os.PathLike[str]) -> Manifest:
@@ -48,19 +63,36 @@ def read_veri776(root: str | os.PathLike[str]) -> Manifest:
     types = _class_names(root / "list_type.txt", VERI_TYPES)
     suv = types.index("suv") if "suv" in types else -1
     labels: dict[str, dict[str, tuple[int, int]]] = {}
+    lists: dict[str, list[NameRow]] = {}
+    notes: Counter[str] = Counter()
     records = []
     for list_name, image_dir, split, test_set, label_name in _PARTS:
         if label_name not in labels:
             label_file = require_file(root / label_name, "per-image vehicleID/cameraID/colorID/typeID XML")
-            labels[label_name] = read_label_xml(label_file, len(colors), len(types), suv)
+            labels[label_name] = read_label_xml(label_file, len(colors), len(types), suv, notes)
         list_file = require_file(root / list_name, f"one {image_dir}/ file name per line")
-        names = read_name_list(list_file)
-        check_images(root, list_file, image_dir, [name for name, _, _ in names])
+        names = lists[list_name] = read_name_list(list_file, notes)
+        notes["images_missing"] += check_images(root, list_file, image_dir, [name for _, name, _, _ in names])
         table = labels[label_name]
-        for name, vid, camid in names:
+        for _, name, vid, camid in names:
             color, type_ = table.get(name, (-1, -1))
             records.append((f"{image_dir}/{name}", vid, camid, split, test_set, color, type_))
-    return build_manifest("veri776", root, records, {"color": colors, "type": types})
+    check_train_test(root, lists)
+    return build_manifest("veri776", root, records, {"color": colors, "type": types}, notes=notes)
+
+
+def check_train_test(root: Path, lists: dict[str, list[NameRow]]) -> None:
+    """No image and no vehicle of ``name_train.txt`` may appear in ``name_query.txt`` / ``name_test.txt``."""
+    train_file = root / "name_train.txt"
+    train = lists["name_train.txt"]
+    test_images: dict[str, tuple[Path, int]] = {}
+    test_ids: dict[str, tuple[Path, int]] = {}
+    for list_name in ("name_query.txt", "name_test.txt"):
+        rows = lists[list_name]
+        first_lines(root / list_name, [(line, name) for line, name, _, _ in rows], test_images)
+        first_lines(root / list_name, [(line, vid) for line, _, vid, _ in rows], test_ids)
+    check_disjoint("image", first_lines(train_file, [(line, name) for line, name, _, _ in train]), test_images)
+    check_disjoint("vehicle id", first_lines(train_file, [(line, vid) for line, _, vid, _ in train]), test_ids)
 
 
 def _class_names(path: Path, default: tuple[str, ...]) -> list[str]:
@@ -68,15 +100,21 @@ def _class_names(path: Path, default: tuple[str, ...]) -> list[str]:
     return read_id_names(path, name_first=False) if path.is_file() else list(default)
 
 
-def read_name_list(path: Path) -> list[tuple[str, str, int]]:
-    """``name_*.txt`` -> ``[(file name, vid, 0-based camid)]``; ids parsed from the basename only."""
-    out = []
+def read_name_list(path: Path, notes: Counter[str] | None = None) -> list[NameRow]:
+    """``name_*.txt`` -> ``[(line, file name, vid, 0-based camid)]``; ids parsed from the basename only.
+
+    A repeated line is dropped (and counted in ``notes``).
+    """
+    rows: list[Row] = []
     for lineno, line in iter_lines(path):
         base = line.replace("\\", "/").rsplit("/", 1)[-1]
-        match = NAME_RE.match(base)
-        if match is None:
+        if NAME_RE.match(base) is None:
             raise line_error(path, lineno, f"expected a name like 0042_c007_00061550_1.jpg, got {line!r}")
-        out.append((base, match.group(1), int(match.group(2)) - 1))
+        rows.append((lineno, base, {}))
+    out = []
+    for lineno, base, _ in dedupe(path, rows, "image", Counter() if notes is None else notes):
+        match = NAME_RE.match(base)
+        out.append((lineno, base, match.group(1), int(match.group(2)) - 1))
     return out
 
 
@@ -84,35 +122,47 @@ def decode_xml(path: Path) -> str:
     """Decode an XML file by its declared encoding (gb2312 -> GB18030, a superset); UTF-8 if undeclared."""
     data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # some re-saved copies carry a UTF-8 BOM
     declared = _DECL_RE.match(data)
-    encoding = declared.group(1).decode("ascii").lower() if declared else "utf-8"
-    if encoding in {"gb2312", "gbk", "gb18030"}:
-        encoding = "gb18030"
+    name = declared.group(1).decode("ascii").lower() if declared else "utf-8"
+    encoding = "gb18030" if name in {"gb2312", "gbk", "gb18030"} else name
     try:
         return data.decode(encoding)
-    except (UnicodeDecodeError, LookupError):
-        raise UserError(f"{path}: cannot be decoded as the declared {encoding}; re-extract the archive") from None
+    except UnicodeDecodeError as exc:
+        what = f"the declared {name}" if declared else "UTF-8"
+        raise decode_error(path, data, exc, what) from None
+    except LookupError:
+        raise UserError(f"{path}: declares the unknown encoding {name!r}; re-save it as UTF-8") from None
 
 
-def read_label_xml(path: Path, n_colors: int, n_types: int, suv: int) -> dict[str, tuple[int, int]]:
-    """Parse ``<Item imageName vehicleID cameraID colorID typeID/>`` elements -> name: (color, type)."""
+def read_label_xml(path: Path, n_colors: int, n_types: int, suv: int,
+                   notes: Counter[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Parse ``<Item imageName vehicleID cameraID colorID typeID/>`` elements -> name: (color, type).
+
+    An image twice with different attributes is a ``file:line`` UserError; an exact repeat is
+    dropped (and counted in ``notes``).
+    """
     parser = expat.ParserCreate()
+    rows: list[Row] = []
     table: dict[str, tuple[int, int]] = {}
 
     def start(tag: str, attrs: dict[str, str]) -> None:
         if tag == "Item":
-            name, color, type_ = _parse_item(path, parser.CurrentLineNumber, attrs, n_colors, n_types, suv)
-            table[name] = (color, type_)
+            lineno = parser.CurrentLineNumber
+            name, labels, color, type_ = _parse_item(path, lineno, attrs, n_colors, n_types, suv)
+            rows.append((lineno, name, labels))
+            table.setdefault(name, (color, type_))
 
     parser.StartElementHandler = start
     try:
         parser.Parse(decode_xml(path), True)
     except expat.ExpatError as exc:
         raise line_error(path, exc.lineno, f"not well-formed XML ({expat.ErrorString(exc.code)})") from None
+    dedupe(path, rows, "image", Counter() if notes is None else notes)  # raises on conflicting items
     return table
 
 
 def _parse_item(path: Path, lineno: int, attrs: dict[str, str], n_colors: int, n_types: int,
-                suv: int) -> tuple[str, int, int]:
+                suv: int) -> tuple[str, dict[str, str], int, int]:
+    """-> (imageName, the item's attributes as compared between repeats, 0-based color, type)."""
     for key in ("imageName", "vehicleID", "colorID", "typeID"):
         if key not in attrs:
             raise line_error(path, lineno, f"<Item> without {key}=")
@@ -125,9 +175,11 @@ def _parse_item(path: Path, lineno: int, attrs: dict[str, str], n_colors: int, n
         raise line_error(path, lineno, f"vehicleID={attrs['vehicleID']!r} disagrees with imageName {name!r}")
     color = _class_id(path, lineno, "colorID", attrs["colorID"], n_colors)
     type_ = _class_id(path, lineno, "typeID", attrs["typeID"], n_types)
+    labels = {"vehicleID": vid, "cameraID": attrs.get("cameraID", "").strip(), "colorID": str(color + 1),
+              "typeID": str(type_ + 1)}  # as in the file (ids 1-based), leading zeros ignored
     if type_ == -1 and vid in ERRATUM_SUV_VIDS:
         type_ = suv  # published erratum: these three vehicles are SUVs but carry typeID 0
-    return name, color, type_
+    return name, labels, color, type_
 
 
 def _class_id(path: Path, lineno: int, key: str, text: str, n_classes: int) -> int:
