@@ -5,7 +5,7 @@ the cache itself stays in place (``.cache/anet`` locally, the PVC in a cluster).
 """
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown, Output
@@ -30,8 +30,14 @@ def prepare_data(
     config_json: Optional[str] = None,
     data_root: Optional[str] = None,
     mlflow_parent_run_id: Optional[str] = None,
-) -> str:
-    """Returns the resolved config as JSON (the later steps' ``config_json``)."""
+) -> NamedTuple("PrepareOutputs", config_json=str, parent_run_id=str):
+    """Returns the resolved config as JSON and the MLflow parent run id the later steps nest under.
+
+    Without ``mlflow_parent_run_id`` (a run started from the Kubeflow UI or a schedule) this step
+    opens the parent run itself; the register step, or a failing step, closes it.
+    """
+    from collections import namedtuple  # lazy: kfp runs only this function body, inside the image
+
     from anet import steps  # lazy: kfp runs only this function body, inside the image
     from anet.config import RunSettings  # lazy: kfp runs only this function body, inside the image
 
@@ -39,7 +45,8 @@ def prepare_data(
                            promotion_margin=promotion_margin)
     result = steps.prepare_data(prepared.path, config_json=config_json, profile=profile, dataset=dataset,
                                 overrides=overrides, settings=settings, data_root=data_root,
-                                cache_root=cache_root, parent_run_id=mlflow_parent_run_id)
+                                cache_root=cache_root, parent_run_id=mlflow_parent_run_id, open_parent_run=True)
     prepared.metadata.update(result["metadata"])
     steps.write_report(report.path, result["report_md"])
-    return result["config_json"]
+    outputs = namedtuple("PrepareOutputs", ["config_json", "parent_run_id"])
+    return outputs(result["config_json"], result["parent_run_id"])

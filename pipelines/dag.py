@@ -102,20 +102,21 @@ def make_pipeline(gpus: int = 1, cluster: bool = True) -> Callable:
             config_json=config_json, data_root=data_root, mlflow_parent_run_id=mlflow_parent_run_id,
         ).set_display_name("prepare data")
         _platform(prep, cache_pvc, SECRETS, cpu="2", memory="8G")
-        resolved = prep.outputs["Output"]
+        resolved = prep.outputs["config_json"]
+        parent = prep.outputs["parent_run_id"]  # the driver's, or the one prepare opened (UI, schedules)
 
         one = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_one",
-                    mlflow_parent_run_id=mlflow_parent_run_id, trial=trial)
+                    mlflow_parent_run_id=parent, trial=trial)
         _train_settings(one, cache_pvc, gpus, "stage-one training", retries)
         two = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_two",
-                    mlflow_parent_run_id=mlflow_parent_run_id, trial=trial, init_from=one.outputs["model"])
+                    mlflow_parent_run_id=parent, trial=trial, init_from=one.outputs["model"])
         _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries)
 
         ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
-                      mlflow_parent_run_id=mlflow_parent_run_id).set_display_name("evaluate")
+                      mlflow_parent_run_id=parent).set_display_name("evaluate")
         _platform(ev, cache_pvc, SECRETS, cpu="4", memory="16G")
         reg = register_model(config_json=resolved, dataset=dataset, evaluation_json=ev.outputs["Output"],
-                             model=two.outputs["model"], mlflow_parent_run_id=mlflow_parent_run_id,
+                             model=two.outputs["model"], mlflow_parent_run_id=parent,
                              promote=promote)
         reg.set_display_name("register model")
         _platform(reg, cache_pvc, SECRETS, cpu="1", memory="4G")

@@ -91,6 +91,9 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
         resolve_pretrained(cfg.model.pretrained)  # offline or a bad hash: one line before any work
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = _check_endpoints()
+    if on_cluster and not uri.startswith(("http://", "https://", "databricks")):
+        raise UserError(f"MLFLOW_TRACKING_URI={tracking.redact_url(uri)} is a store on this machine: pods on the "
+                        "cluster cannot reach it; set it to your tracking server (http(s)://...)")
     client = _kfp_client() if on_cluster else None
     try:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # the step subprocesses inherit it (same store, absolute)
@@ -208,7 +211,8 @@ def _kfp_client() -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None)
+            return kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None,
+                              namespace=os.environ.get("KFP_NAMESPACE") or "kubeflow")
     except Exception as exc:  # kfp raises urllib3/kube errors with pages of text
         raise UserError(f"Kubeflow Pipelines at {host} is unreachable ({type(exc).__name__}); check KFP_HOST "
                         "and KFP_TOKEN") from None
@@ -220,7 +224,9 @@ def _run_on_cluster(client: Any, arguments: dict[str, Any], primary: str, parent
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "anet_pipeline.yaml", gpus=int(os.environ.get("ANET_GPUS", "1")))
         run = client.create_run_from_pipeline_package(str(package), arguments=arguments,
-                                                      experiment_name=f"anet-{arguments['dataset']}",
+                                                      experiment_name=os.environ.get("KFP_EXPERIMENT")
+                                                      or f"anet-{arguments['dataset']}",
+                                                      namespace=os.environ.get("KFP_NAMESPACE") or None,
                                                       run_name=f"anet-{arguments['dataset']}-{parent[:8]}")
     _say(echo, f"submitted run {run.run_id} to {host}")
     state = _follow(client, run.run_id, echo)

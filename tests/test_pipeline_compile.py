@@ -102,7 +102,7 @@ def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeyp
     submitted = {}
 
     class KubeflowApi:
-        def create_run_from_pipeline_package(self, path, arguments, experiment_name, run_name):
+        def create_run_from_pipeline_package(self, path, arguments, experiment_name, run_name, namespace=None):
             submitted.update(ir=yaml.safe_load_all(Path(path).read_text()).__next__(), arguments=arguments,
                              experiment=experiment_name)
             return SimpleNamespace(run_id="r-1")

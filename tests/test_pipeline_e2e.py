@@ -23,8 +23,8 @@ pytestmark = pytest.mark.integration
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # measured on the smoke set (deterministic): untrained mAP 0.150, the default 1 + 1 epochs 0.206
-WORSE = ["stage_one.epochs=0", "stage_two.epochs=0"]
-BETTER: list[str] = []
+WORSE = {"stage_one.epochs": 0, "stage_two.epochs": 0}
+BETTER: dict = {}
 
 
 def _dvc(repo: Path, *args: str) -> None:
@@ -75,7 +75,7 @@ def project(tmp_path_factory: pytest.TempPathFactory):
                 os.environ["MLFLOW_TRACKING_URI"] = saved_uri
 
 
-def _run(overrides: list[str], **kwargs):
+def _run(overrides: dict, **kwargs):
     from pipelines.run import run_pipeline
 
     started = time.monotonic()
@@ -89,7 +89,7 @@ def test_prepare_step_pulls_the_dataset_from_the_dvc_remote(project):
     from anet import steps
 
     assert not (project["repo"] / "data" / "veri776").exists()
-    result = steps.prepare_data("veri776", "smoke", "[]", "", "", str(project["repo"] / "prepared"))
+    result = steps.prepare_data(str(project["repo"] / "prepared"), profile="smoke", dataset="veri776")
     assert (project["repo"] / "data" / "veri776" / "name_train.txt").is_file()
     descriptor = steps.read_descriptor(project["repo"] / "prepared")
     assert descriptor["dataset"] == "veri776" and Path(descriptor["cache_dir"]).is_dir()
@@ -111,7 +111,9 @@ def test_dag_runs_tracks_registers_and_promotes(project):
         "evaluate", "prepare", "register", "train_stage_one", "train_stage_two"]
     assert parent.data.tags["data.fingerprint"] and parent.data.params["loss.lambda_a"]
 
-    kept = _run(WORSE + ["registry.promotion_margin=1.0"])
+    from anet.config import RunSettings
+
+    kept = _run(WORSE, settings=RunSettings(promotion_margin=1.0))
     assert kept.model_version == "2" and not kept.champion and kept.decision == "kept-champion"
     assert champion_info("synthetic").version == "1"
 
@@ -135,7 +137,7 @@ def test_missing_dataset_fails_fast_with_the_import_hint(project, tmp_path, monk
         from pipelines.run import run_pipeline
 
         run_pipeline(dataset="veri776", profile="smoke", echo=False)
-    assert main(["--dataset", "veri776", "--profile", "smoke", "--quiet"]) == 2
+    assert main(["--dataset", "veri776", "--profile", "smoke"]) == 2
     assert time.monotonic() - started < 20 and not (empty / "local_outputs").exists()
 
 
@@ -144,7 +146,7 @@ def test_failing_step_stops_the_dag_with_its_reason(project):
 
     # the synthetic set has no "model" attribute: stage one refuses it (a config the resolver accepts)
     outcome = run_pipeline(dataset="synthetic", profile="smoke", echo=False,
-                           overrides=["stage_one.epochs=0", "data.attributes=[color,model]"])
+                           overrides={"stage_one.epochs": 0, "data.attributes": ["color", "model"]})
     assert outcome.status == "failed" and outcome.model_version is None
-    assert outcome.error.startswith("stage-one training") or outcome.error.startswith("train"), outcome.error
+    assert outcome.error.startswith("training: data.attributes"), outcome.error
     assert "model" in outcome.error and "\n" not in outcome.error

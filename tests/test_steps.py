@@ -74,7 +74,8 @@ def test_a_final_checkpoint_is_never_replaced_by_last_pt(tmp_path):
 
 
 @pytest.mark.slow
-def test_all_steps_end_to_end_with_nested_mlflow_runs(tmp_path, monkeypatch):
+def test_all_steps_end_to_end_with_a_parent_run_the_pipeline_opens_itself(tmp_path, monkeypatch):
+    """A run started from the Kubeflow UI has no driver: prepare opens the parent run, register closes it."""
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
@@ -82,10 +83,9 @@ def test_all_steps_end_to_end_with_nested_mlflow_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("ANET_PROGRESS", "0")
     data, cache = str(tmp_path / "data" / "smoke"), str(tmp_path / "cache")
     cfg = resolve_config("smoke", data_root=data, cache_root=cache)
-    parent = steps.start_pipeline_run("synthetic", "smoke", cfg.to_json(), {"test": "steps"})
-
-    prep = steps.prepare_data(str(tmp_path / "prep"), config_json=cfg.to_json(), parent_run_id=parent)
-    cfg_json = prep["config_json"]
+    prep = steps.prepare_data(str(tmp_path / "prep"), config_json=cfg.to_json(), open_parent_run=True)
+    cfg_json, parent = prep["config_json"], prep["parent_run_id"]
+    assert MlflowClient().get_run(parent).info.status == "RUNNING"
     assert Path(steps.read_descriptor(tmp_path / "prep")["cache_dir"]).is_dir()
     one = steps.train(cfg_json, str(tmp_path / "prep"), "stage_one", str(tmp_path / "one"), parent_run_id=parent)
     two = steps.train(cfg_json, str(tmp_path / "prep"), "stage_two", str(tmp_path / "two"),
@@ -96,7 +96,6 @@ def test_all_steps_end_to_end_with_nested_mlflow_runs(tmp_path, monkeypatch):
     assert ev["status"] == "ok" and 0.0 <= ev["primary_value"] <= 1.0 and "eval/test/R1" in ev["metrics"]
     reg = steps.register(cfg_json, "synthetic", json.dumps(ev), str(tmp_path / "two"), parent_run_id=parent)
     assert reg["model_version"] == "1" and reg["champion"] is True
-    steps.finish_pipeline_run(parent, "succeeded", reg)
 
     client = MlflowClient()
     children = client.search_runs([client.get_run(parent).info.experiment_id],
@@ -105,6 +104,7 @@ def test_all_steps_end_to_end_with_nested_mlflow_runs(tmp_path, monkeypatch):
         "evaluate", "prepare", "register", "train_stage_one", "train_stage_two"]
     run = client.get_run(parent)
     assert run.info.status == "FINISHED" and "eval/test/mAP" in run.data.metrics
+    assert run.data.tags["anet.outcome"] == "succeeded" and run.data.tags["anet.model_version"] == "1"
     assert run.data.tags["data.fingerprint"] == steps.read_descriptor(tmp_path / "prep")["fingerprint"]
     stage_one = next(r for r in children if r.data.tags["anet.step"] == "train_stage_one")
     assert any(k.startswith("train/") for k in stage_one.data.metrics)

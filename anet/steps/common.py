@@ -20,6 +20,7 @@ from anet.errors import UserError
 from anet.io import atomic_write_text
 from anet.logs import setup_logging
 from anet.mlops.step_tracking import record_step_failure
+from anet.steps.pipeline_run import close_if_opened_by_pipeline
 
 DESCRIPTOR = "descriptor.json"
 PRUNED_MARKER = "PRUNED"
@@ -46,11 +47,20 @@ def reported_step(step: str) -> Callable[[F], F]:
                 log.error("error: %s: %s", step, reason)
                 bound = signature.bind_partial(*args, **kwargs).arguments
                 record_step_failure(bound.get("parent_run_id"), step, reason)
+                _close_quietly(bound.get("parent_run_id"), f"{step}: {reason}")
                 raise
 
         return inner  # type: ignore[return-value]
 
     return wrap
+
+
+def _close_quietly(parent_run_id: str | None, error: str) -> None:
+    """A failing step ends a parent run the pipeline opened itself (best effort: the step's error wins)."""
+    try:
+        close_if_opened_by_pipeline(parent_run_id, "failed", {"error": error})
+    except Exception:  # noqa: BLE001 - a tracking outage must not hide the step's own error
+        log.warning("could not close the MLflow parent run %s", parent_run_id)
 
 
 def read_descriptor(dataset_descriptor: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Any
 from anet.mlops import tracking
 from anet.mlops.step_tracking import run_tags, set_tags
 
+OPENED_BY = "anet.opened_by"  # "pipeline": the prepare step opened the parent run (no driver), so steps close it
+
 
 def start_pipeline_run(dataset: str, profile: str, config_json: str, tags: dict[str, str] | None = None,
                        run_name: str | None = None) -> str:
@@ -44,3 +46,9 @@ def pipeline_outcome(run_id: str) -> dict[str, Any]:
             "champion": tags.get("anet.champion") == "True", "decision": tags.get("anet.decision"),
             "pruned": bool(tags.get("anet.pruned")), "failed_step": tags.get("anet.failed_step"),
             "error": tags.get("anet.error")}
+
+
+def close_if_opened_by_pipeline(run_id: str | None, status: str, summary: dict[str, Any] | None = None) -> None:
+    """End the parent run when the pipeline itself opened it (no driver will): the last step or a failure."""
+    if run_id and run_tags(run_id).get(OPENED_BY) == "pipeline":
+        finish_pipeline_run(run_id, status, summary)

@@ -22,6 +22,7 @@ from anet.mlops.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks
 from anet.mlops.pretrained import resolve_pretrained
 from anet.mlops.step_tracking import step_run
 from anet.steps.common import DESCRIPTOR, progress_enabled, reported_step
+from anet.steps.pipeline_run import OPENED_BY, start_pipeline_run
 from anet.synthetic.generator import generate_synthetic
 from anet.train.runtime import main_first, setup_runtime
 
@@ -71,7 +72,8 @@ def prepare_from_config(cfg: ExperimentConfig, progress: bool = True) -> Prepare
     ctx = setup_runtime(cfg.runtime)
     with main_first(ctx):
         return prepare_dataset(read_manifest(cfg), Path(cfg.data.cache_dir).resolve(), tuple(cfg.data.image_size),
-                               cfg.data.quarantine_max_fraction, progress=progress and ctx.is_main)
+                               cfg.data.quarantine_max_fraction, progress=progress and ctx.is_main,
+                               min_image_size=cfg.data.min_image_size)
 
 
 def step_config(config_json: str | None, profile: str, dataset: str | None, overrides: Mapping[str, Any] | None,
@@ -99,13 +101,17 @@ def step_config(config_json: str | None, profile: str, dataset: str | None, over
 def prepare_data(out_dir: str, *, config_json: str | None = None, profile: str = "synthetic",
                  dataset: str | None = None, overrides: Mapping[str, Any] | None = None,
                  settings: RunSettings | None = None, data_root: str | None = None, cache_root: str | None = None,
-                 parent_run_id: str | None = None) -> dict[str, Any]:
+                 parent_run_id: str | None = None, open_parent_run: bool = False) -> dict[str, Any]:
     """Resolve the config once, get the dataset, build or reuse the prepared cache, write the descriptor.
 
-    Returns ``{"config_json", "descriptor", "metadata", "report_md"}``; later steps take ``config_json``.
+    ``open_parent_run`` without a ``parent_run_id`` (a run started from the Kubeflow UI or a schedule)
+    opens the pipeline's parent MLflow run here; the register step (or a failing step) closes it.
+    Returns ``{"config_json", "parent_run_id", "descriptor", "metadata", "report_md"}``.
     """
     cfg = step_config(config_json, profile, dataset, overrides, settings, data_root, cache_root)
     check_dataset_available(cfg)
+    if open_parent_run and not parent_run_id:
+        parent_run_id = start_pipeline_run(cfg.data.dataset, profile, cfg.to_json(), {OPENED_BY: "pipeline"})
     resolve_pretrained(cfg.model.pretrained)  # fail fast (offline, bad hash) and warm the weight cache
     with step_run(parent_run_id, "prepare") as tracker:
         prepared = prepare_from_config(cfg, progress=progress_enabled())
@@ -121,7 +127,8 @@ def prepare_data(out_dir: str, *, config_json: str | None = None, profile: str =
         splits = frame.groupby(["split", "test_set"]).size().to_dict()
         tracker.log_prepare(descriptor, {f"{s}/{t}" if t else s: int(n) for (s, t), n in splits.items()})
     metadata = {k: descriptor[k] for k in ("dataset", "cache_dir", "fingerprint", "images", "quarantined")}
-    return {"config_json": cfg.to_json(), "descriptor": str(Path(out_dir) / DESCRIPTOR), "metadata": metadata,
+    return {"config_json": cfg.to_json(), "parent_run_id": parent_run_id or "",
+            "descriptor": str(Path(out_dir) / DESCRIPTOR), "metadata": metadata,
             "report_md": _prepare_report(descriptor, splits)}
 
 

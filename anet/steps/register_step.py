@@ -19,6 +19,7 @@ from anet.mlops.step_tracking import StepTracker, run_tags, step_run
 from anet.model.checkpoint_io import load_model_from_checkpoint
 from anet.model.embedder import ReidEmbedder
 from anet.steps.common import checkpoint_in, is_pruned, reported_step
+from anet.steps.pipeline_run import close_if_opened_by_pipeline
 
 
 @reported_step("register")
@@ -37,6 +38,7 @@ def register(config_json: str, dataset: str, metrics_json: str, checkpoint: str,
         if parent_run_id:
             tracking.configure(None)
             StepTracker(None, parent_run_id).tag_parent({"anet.pruned": "true"})
+            close_if_opened_by_pipeline(parent_run_id, "pruned")
         return {**base, "status": "pruned", "decision": "pruned trial: nothing registered"}
     if base["primary_value"] is None:
         raise UserError(f"no value for {cfg.registry.primary_metric}: a model is never registered without "
@@ -48,6 +50,7 @@ def register(config_json: str, dataset: str, metrics_json: str, checkpoint: str,
                                       parent_run_id, promote)
         tracker.tag_parent({"anet.model_version": outcome["model_version"], "anet.champion": outcome["champion"],
                             "anet.decision": outcome["decision"]})
+    close_if_opened_by_pipeline(parent_run_id, "succeeded", outcome)
     return {**base, "status": "succeeded", **outcome}
 
 
