@@ -22,7 +22,7 @@ from s3_server import moto_server
 
 from anet.config import load_config
 from anet.errors import UserError
-from anet.mlops import lineage, tracking
+from anet.mlops import lineage, record, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def test_flatten_and_credential_filter():
     safe = tracking.safe_mapping({"aws_secret_access_key": "x", "s3.access_key": "y", "MLFLOW_TRACKING_TOKEN": "z",
                                   "db_password": "p", "trigger": "cli", "url": "http://bob:pw@host:5000/x"})
     assert safe == {"trigger": "cli", "url": "http://***@host:5000/x"}
-    assert len(tracking._param_value("x" * 7000)) == tracking.MAX_PARAM_VALUE
+    assert len(record.param_value("x" * 7000)) == tracking.MAX_PARAM_VALUE
 
 
 def test_configure_resolves_default_and_refuses_file_store(tmp_path, monkeypatch):
