@@ -15,8 +15,9 @@ import pytest
 import torch
 from mlflow_server import mlflow_server
 
+from anet.cli import registry as commands
 from anet.errors import UserError
-from anet.mlops import commands, registry, tracking
+from anet.mlops import registry, tracking
 
 pytestmark = pytest.mark.integration
 METRIC = "eval/test/mAP"
@@ -191,8 +192,11 @@ def test_concurrent_registrations_agree_on_one_champion(uri, logged):
             assert (d.candidate_value > d.champion_value) == d.is_champion
     from mlflow import MlflowClient
 
-    names = [m.name for m in MlflowClient().search_registered_models()]
-    assert "anet-race.lock" not in names  # the promotion lock is released
+    client = MlflowClient()
+    assert not any(m.name.endswith(".lock") for m in client.search_registered_models())
+    # the lock lives in tags of anet-race itself and is gone once released; every version is decided
+    assert not [k for k in client.get_registered_model("anet-race").tags if k.startswith("anet.lock.")]
+    assert all(v.decision not in (None, "pending") for v in registry.list_versions("race"))
 
 
 def test_default_local_sqlite_store(tmp_path, monkeypatch):

@@ -8,36 +8,49 @@ moves the champion). The decision and both numbers are stored as version tags::
     decision = register_candidate(model_uri, "synthetic", run_id, {"eval/test/mAP": 0.61},
                                   primary_metric="eval/test/mAP", margin=0.0,
                                   lineage_tags={"git.commit": "014f7fc"})
-    decision.decision        # "first-champion" | "promoted" | "kept-champion" | "no-metric"
+    decision.decision        # "first-champion" | "promoted" | "kept-champion" | "no-metric" | "registered"
     promote("synthetic", "2", reason="rollback: v3 regressed on night images")   # manual / rollback
 
-MLflow has no compare-and-set on aliases, so moving ``champion`` happens under a registry-wide
-lock: a transient registered model ``anet-<dataset>.lock`` whose creation is atomic in the
-tracking store (unique name), working the same for a local sqlite file and a remote server. Inside
-the lock the champion is re-read right before the alias moves and read back after; if it moved
-anyway (someone bypassing the lock), the comparison is redone a bounded number of times.
+One guarded unit: take the promotion lock (:mod:`anet.mlops.lock`: tags on ``anet-<dataset>``
+itself, crash-safe), register the version (created with ``promotion.decision=pending``, in the
+same database write), set ``challenger``, decide, move ``champion``, tag the decision, release.
+If anything fails on the way the version is tagged ``promotion.decision=failed`` with the reason;
+if even that cannot be written (the process was killed, the server is gone), the next lock holder
+marks every ``pending`` version it finds as ``failed``. So no version stays without a decision.
+Inside the lock the champion is re-read right before the alias moves and read back after; if it
+moved anyway (someone bypassing the lock), the comparison is redone a bounded number of times.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import random
-import time
-import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from anet.errors import UserError
-from anet.mlops.tracking import experiment_name, redact_url, safe_mapping
+from anet.mlops import retry
+from anet.mlops.endpoint import redact_url
+from anet.mlops.lock import PromotionLock
+from anet.mlops.record import safe_mapping
+from anet.mlops.versions import (  # noqa: F401 (public here)
+    CHALLENGER,
+    CHAMPION,
+    VersionInfo,
+    alias_version,
+    champion_info,
+    finite,
+    list_versions,
+    model_name,
+    require_model,
+    require_version,
+    version_metric,
+)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_ATTEMPTS = 5
-LOCK_WAIT_S = 120.0  # give up waiting for another registration after this long
-LOCK_STALE_S = 300.0  # a lock older than this was left by a crashed process and is broken
+PENDING, FAILED = "pending", "failed"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,25 +80,6 @@ class Decision:
         return f"v{self.version} {self.decision}: {self.note} ({state})"
 
 
-@dataclass(frozen=True)
-class VersionInfo:
-    """One registered version as ``registry show`` prints it."""
-
-    version: str
-    aliases: tuple[str, ...]
-    run_id: str | None
-    primary_metric: str | None
-    primary_value: float | None
-    decision: str | None
-    created: str
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-def model_name(dataset: str) -> str:
-    """Registered model name of a dataset: ``anet-<dataset>``."""
-    return experiment_name(dataset)
-
-
 def register_candidate(
     model_uri: str,
     dataset: str,
@@ -101,28 +95,61 @@ def register_candidate(
     A candidate without a finite ``primary_metric`` is registered but never becomes champion
     (decision ``no-metric``). A champion without the metric counts as beatable (the note says so).
     ``promote=False`` (e.g. sweep trials) only registers: decision ``registered``, the note says what
-    promotion would have done; :func:`consider_promotion` can apply it later.
+    promotion would have done; :func:`consider_promotion` can apply it later. All of it happens
+    under the promotion lock; a failure leaves the version tagged ``promotion.decision=failed``.
     """
-    import mlflow
     from mlflow import MlflowClient
 
     client, name = MlflowClient(), model_name(dataset)
-    candidate = _finite(metrics.get(primary_metric))
+    candidate = finite(metrics.get(primary_metric))
     tags = {
-        **{f"metric.{k}": repr(float(v)) for k, v in metrics.items() if _finite(v) is not None},
+        **{f"metric.{k}": repr(float(v)) for k, v in metrics.items() if finite(v) is not None},
         **safe_mapping(lineage_tags or {}),
         "run_id": run_id,
         "promotion.primary_metric": primary_metric,
         "promotion.margin": repr(float(margin)),
     }
-    # creates the registered model on first use (and tolerates a concurrent creator)
-    version = str(mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version)
-    with _promotion_lock(client, name):  # alias writes race in the store (unique constraint): serialise them
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        decision = _decide_and_move(client, name, version, candidate, primary_metric, margin, move=promote)
+    with retry.outage_as_user_error(f"registering a version of {name}"):
+        _ensure_model(client, name)
+        with PromotionLock(client, name) as lock:
+            fail_orphaned_versions(client, name, lock)
+            version = _create_version(model_uri, name, {**tags, "promotion.decision": PENDING,
+                                                        "promotion.lock": lock.key})
+            try:
+                return _challenge(client, name, version, candidate, primary_metric, margin, promote, lock)
+            except BaseException as exc:
+                _tag_failed(client, name, version, exc)
+                raise
+
+
+def _ensure_model(client: Any, name: str) -> None:
+    """Create the registered model (it holds the lock's tags) unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}:
+            raise
+
+
+def _create_version(model_uri: str, name: str, tags: Mapping[str, Any]) -> str:
+    import mlflow
+
+    return str(mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version)
+
+
+def _challenge(client: Any, name: str, version: str, candidate: float | None, primary_metric: str,
+               margin: float, promote: bool, lock: PromotionLock) -> Decision:
+    """Inside the lock: alias ``challenger``, compare, maybe move ``champion``, tag the decision."""
+    lock.check()
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    decision = _decide_and_move(client, name, version, candidate, primary_metric, margin, move=promote,
+                                guard=lock.check)
     if not promote and decision.decision != "no-metric":
         decision = dataclasses.replace(decision, decision="registered",
                                        note=f"promotion off; would be {decision.decision}: {decision.note}")
+    lock.check()
     _tag_decision(client, name, decision)
     return decision
 
@@ -136,26 +163,28 @@ def consider_promotion(dataset: str, version: str | int, primary_metric: str, ma
     from mlflow import MlflowClient
 
     client, name = MlflowClient(), model_name(dataset)
-    _require_model(client, name, dataset)
-    version = str(_require_version(client, name, version).version)
-    candidate = _version_metric(client, name, version, primary_metric)
+    require_model(client, name, dataset)
+    version = str(require_version(client, name, version).version)
+    candidate = version_metric(client, name, version, primary_metric)
     if not apply:
         dry = _decide_and_move(client, name, version, candidate, primary_metric, margin, move=False)
         return dataclasses.replace(dry, note=f"{dry.note} (dry run: nothing changed)")
-    with _promotion_lock(client, name):
-        decision = _decide_and_move(client, name, version, candidate, primary_metric, margin)
-    _tag_decision(client, name, decision)
+    with PromotionLock(client, name) as lock:
+        decision = _decide_and_move(client, name, version, candidate, primary_metric, margin, guard=lock.check)
+        lock.check()
+        _tag_decision(client, name, decision)
     return decision
 
 
-def _decide_and_move(client: Any, name: str, version: str, candidate: float | None,
-                     primary_metric: str, margin: float, move: bool = True) -> Decision:
-    """Compare with the current champion and move the alias if the candidate wins (bounded retries)."""
+def _decide_and_move(client: Any, name: str, version: str, candidate: float | None, primary_metric: str,
+                     margin: float, move: bool = True, guard: Callable[[], None] = lambda: None) -> Decision:
+    """Compare with the current champion and move the alias if the candidate wins (bounded retries);
+    ``guard`` runs right before the alias moves (the lock's :meth:`~PromotionLock.check`)."""
     champ_value: float | None = None
     champ: str | None = None
     for _ in range(MAX_ATTEMPTS):
-        champ = _alias_version(client, name, CHAMPION)
-        champ_value = _version_metric(client, name, champ, primary_metric) if champ else None
+        champ = alias_version(client, name, CHAMPION)
+        champ_value = version_metric(client, name, champ, primary_metric) if champ else None
         if champ == version:
             return Decision(version, "kept-champion", candidate, champ_value, champ, True, "already the champion")
         if candidate is None:
@@ -164,12 +193,13 @@ def _decide_and_move(client: Any, name: str, version: str, candidate: float | No
         verdict, note = _verdict(candidate, champ, champ_value, primary_metric, margin)
         if verdict == "kept-champion" or not move:
             return Decision(version, verdict, candidate, champ_value, champ, False, note)
-        if _alias_version(client, name, CHAMPION) != champ:  # moved since we compared
+        if alias_version(client, name, CHAMPION) != champ:  # moved since we compared
             continue
+        guard()
         client.set_registered_model_alias(name, CHAMPION, version)
-        if _alias_version(client, name, CHAMPION) == version:
+        if alias_version(client, name, CHAMPION) == version:
             return Decision(version, verdict, candidate, champ_value, champ, True, note)
-    now = _alias_version(client, name, CHAMPION)
+    now = alias_version(client, name, CHAMPION)
     note = f"champion alias kept moving; gave up after {MAX_ATTEMPTS} attempts"
     return Decision(version, "kept-champion", candidate, champ_value, champ, now == version, note)
 
@@ -194,158 +224,70 @@ def promote(dataset: str, version: str | int, reason: str = "") -> Decision:
     from mlflow import MlflowClient
 
     client, name = MlflowClient(), model_name(dataset)
-    _require_model(client, name, dataset)
-    mv = _require_version(client, name, version)
+    require_model(client, name, dataset)
+    mv = require_version(client, name, version)
     metric = mv.tags.get("promotion.primary_metric")
-    with _promotion_lock(client, name):
-        previous = _alias_version(client, name, CHAMPION)
+    with PromotionLock(client, name) as lock:
+        previous = alias_version(client, name, CHAMPION)
+        lock.check()
         client.set_registered_model_alias(name, CHAMPION, mv.version)
-        is_champion = _alias_version(client, name, CHAMPION) == str(mv.version)
-    previous_value = _version_metric(client, name, previous, metric) if previous and metric else None
-    note = reason or "manual promotion"
-    decision = Decision(str(mv.version), "manual", _version_metric(client, name, str(mv.version), metric)
-                        if metric else None, previous_value, previous, is_champion, note)
-    for key, value in {"promotion.decision": "manual", "promotion.reason": reason or "-", "promotion.note": note,
-                       "promotion.previous_champion": previous or "none", "promotion.time": _now()}.items():
-        client.set_model_version_tag(name, decision.version, key, value)
+        is_champion = alias_version(client, name, CHAMPION) == str(mv.version)
+        previous_value = version_metric(client, name, previous, metric) if previous and metric else None
+        note = reason or "manual promotion"
+        decision = Decision(str(mv.version), "manual", version_metric(client, name, str(mv.version), metric)
+                            if metric else None, previous_value, previous, is_champion, note)
+        _set_version_tags(client, name, decision.version, {
+            "promotion.decision": "manual", "promotion.reason": reason or "-", "promotion.note": note,
+            "promotion.previous_champion": previous or "none", "promotion.time": _now()})
     return decision
 
 
-def champion_info(dataset: str) -> VersionInfo | None:
-    """The current champion of ``anet-<dataset>`` (None when there is none yet)."""
-    return next((v for v in list_versions(dataset) if CHAMPION in v.aliases), None)
+def fail_orphaned_versions(client: Any, name: str, lock: PromotionLock | None = None) -> list[str]:
+    """Tag ``failed`` every version still ``pending`` that is not ``lock``'s own; returns them.
+
+    Only the lock holder (or a doctor with nothing running) may call this: a pending version
+    under a held lock is that holder's work in progress.
+    """
+    query = f"name='{name}' and tags.`promotion.decision` = '{PENDING}'"
+    orphans = [mv for mv in client.search_model_versions(query)
+               if lock is None or mv.tags.get("promotion.lock") != lock.key]
+    for mv in orphans:
+        if lock is not None:
+            lock.check()
+        champion = alias_version(client, name, CHAMPION) == str(mv.version)
+        note = ("its registration died before deciding (process killed or tracking outage)"
+                + ("; it does hold the champion alias" if champion else ""))
+        _set_version_tags(client, name, str(mv.version), {"promotion.decision": FAILED, "promotion.note": note,
+                                                          "promotion.time": _now()})
+        logger.warning("%s v%s: registration never finished; tagged promotion.decision=failed", name, mv.version)
+    return [str(mv.version) for mv in orphans]
 
 
-def list_versions(dataset: str) -> list[VersionInfo]:
-    """All versions of ``anet-<dataset>``, oldest first, with aliases and their primary metric."""
-    from mlflow import MlflowClient
-
-    client, name = MlflowClient(), model_name(dataset)
-    model = _require_model(client, name, dataset)
-    aliases: dict[str, list[str]] = {}
-    for alias, ver in (model.aliases or {}).items():
-        aliases.setdefault(str(ver), []).append(alias)
-    infos = []
-    for mv in client.search_model_versions(f"name='{name}'"):
-        metric = mv.tags.get("promotion.primary_metric")
-        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        infos.append(VersionInfo(
-            str(mv.version), tuple(sorted(aliases.get(str(mv.version), []))), mv.run_id, metric,
-            _finite(mv.tags.get(f"metric.{metric}")) if metric else None,
-            mv.tags.get("promotion.decision"), created, dict(mv.tags),
-        ))
-    return sorted(infos, key=lambda v: int(v.version))
+def _tag_failed(client: Any, name: str, version: str, exc: BaseException) -> None:
+    """Best effort: the version whose registration failed says so (else the next holder does)."""
+    reason = redact_url(str(exc).splitlines()[0] if str(exc) else "")
+    note = f"registration failed: {type(exc).__name__}: {reason}"[:500]
+    try:
+        _set_version_tags(client, name, version, {"promotion.decision": FAILED, "promotion.note": note,
+                                                  "promotion.time": _now()})
+    except Exception as tag_exc:  # noqa: BLE001 - the original error is what the caller must see
+        logger.warning("%s v%s: could not tag the failed registration (%s); the next registration "
+                       "tags it", name, version, type(tag_exc).__name__)
 
 
 def _tag_decision(client: Any, name: str, d: Decision) -> None:
-    tags = {
+    _set_version_tags(client, name, d.version, {
         "promotion.decision": d.decision,
         "promotion.candidate_value": _fmt(d.candidate_value),
         "promotion.champion_value": _fmt(d.champion_value),
         "promotion.champion_version": d.champion_version or "none",
         "promotion.note": d.note or "-",
-    }
+    })
+
+
+def _set_version_tags(client: Any, name: str, version: str, tags: Mapping[str, str]) -> None:
     for key, value in tags.items():
-        client.set_model_version_tag(name, d.version, key, value)
-
-
-def _require_model(client: Any, name: str, dataset: str) -> Any:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-    where = redact_url(mlflow.get_tracking_uri())
-    raise UserError(f"no registered model {name} at {where}; run the pipeline for {dataset} first "
-                    f"(make pipeline-run DATASET={dataset}) or point MLFLOW_TRACKING_URI at the right server")
-
-
-def _require_version(client: Any, name: str, version: str | int) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    text = str(version).strip().removeprefix("v")
-    if text.isdigit():
-        try:
-            return client.get_model_version(name, text)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-    known = sorted(int(mv.version) for mv in client.search_model_versions(f"name='{name}'"))
-    listed = ", ".join(map(str, known)) or "none"
-    raise UserError(f"registered model {name} has no version {version}; versions: {listed}")
-
-
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
-    """Version an alias points at (None if unset), read fresh from the store."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as exc:
-        if exc.error_code in {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"}:
-            return None
-        raise
-
-
-def _version_metric(client: Any, name: str, version: str | None, metric: str | None) -> float | None:
-    """A version's metric: its ``metric.<name>`` tag, else the value logged in its run."""
-    if version is None or metric is None:
-        return None
-    mv = client.get_model_version(name, version)
-    value = _finite(mv.tags.get(f"metric.{metric}"))
-    if value is None and mv.run_id:
-        value = _finite(client.get_run(mv.run_id).data.metrics.get(metric))
-    return value
-
-
-@contextlib.contextmanager
-def _promotion_lock(client: Any, name: str) -> Iterator[None]:
-    """Mutual exclusion across processes and machines: a registered model named ``<name>.lock``."""
-    from mlflow.exceptions import MlflowException
-
-    lock, token = f"{name}.lock", uuid.uuid4().hex
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            client.create_registered_model(lock, tags={"anet.lock.owner": token},
-                                           description="transient lock of anet's champion promotion")
-            break
-        except MlflowException as exc:
-            # the sqlalchemy store answers a lost insert race by reading the winner back, which
-            # yields RESOURCE_DOES_NOT_EXIST when the winner released in between: contended too
-            if exc.error_code not in {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"}:
-                raise
-        _break_stale_lock(client, lock)
-        if time.monotonic() > deadline:
-            raise UserError(f"registered model {lock} has been held for over {LOCK_WAIT_S:.0f} s; if no "
-                            "registration is running, delete it in the MLflow UI and retry")
-        time.sleep(random.uniform(0.05, 0.3))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(MlflowException):
-            if client.get_registered_model(lock).tags.get("anet.lock.owner") == token:
-                client.delete_registered_model(lock)
-
-
-def _break_stale_lock(client: Any, lock: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    with contextlib.suppress(MlflowException):
-        held = client.get_registered_model(lock)
-        if time.time() * 1000 - held.creation_timestamp > LOCK_STALE_S * 1000:
-            client.delete_registered_model(lock)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+        client.set_model_version_tag(name, version, key, value)
 
 
 def _fmt(value: float | None) -> str:
