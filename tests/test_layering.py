@@ -27,6 +27,7 @@ ORDER: list[tuple[str, ...]] = [
     ("evaluation",),
     ("synthetic",),
     ("mlops",),
+    ("search",),
     ("steps",),
     ("cli",),
     ("__main__",),

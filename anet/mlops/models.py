@@ -1,15 +1,19 @@
-"""Logging torch models to MLflow: the module itself, its embedding graph, signature and requirements.
+"""Logging models to MLflow: torch modules, and python models that carry this project's code.
 
 :func:`log_model` logs a CPU copy of a torch module into the active step run (``pt2`` via
 ``torch.export`` when it traces, else ``pickle``), with a signature inferred from the input example
 and explicit pinned requirements (:func:`model_requirements`); :func:`log_embedding_model` logs just
-``model.embed`` as a self-contained graph for serving. MLflow and torch are imported inside
-functions only, so importing this module stays cheap; :mod:`anet.mlops.tracking` re-exports it.
+``model.embed`` as a self-contained graph. :func:`log_code_model` logs an ``mlflow.pyfunc`` model
+from code (the served re-ID model, :mod:`anet.search.served`): the code file, its artifacts, the
+project's package as ``code_paths`` and third-party requirements pinned to the installed versions
+(:func:`pinned_requirements`). MLflow and torch are imported inside functions only, so importing
+this module stays cheap; :mod:`anet.mlops.tracking` re-exports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -79,17 +83,53 @@ def _embedding_module(model: Any, feature: str) -> Any:
     return Embedding()
 
 
-def model_requirements() -> list[str]:
-    """Pinned pip requirements of a logged model: torch, numpy, kornia and this package."""
+def log_code_model(code_file: str | Path, artifacts: Mapping[str, str], *, code_paths: Iterable[str | Path],
+                   requirements: Iterable[str], input_example: Any, signature: Any = None,
+                   name: str = "model") -> str:
+    """Log an ``mlflow.pyfunc`` model from code into the active step run; return its model URI.
+
+    ``code_file`` calls ``mlflow.models.set_model(...)``; ``artifacts`` ({name: local path}) reach its
+    ``load_context`` as ``context.artifacts``; ``code_paths`` travel with the model and are put on
+    ``sys.path`` when it loads, so a package that is not published still resolves. MLflow checks the
+    input example against the loaded model before it returns.
+
+    Example:
+        >>> log_code_model("anet/search/served_model.py", {"vocab": "out/vocab.json"}, code_paths=["anet"],
+        ...                requirements=pinned_requirements(["torch"]), input_example=frame)  # doctest: +SKIP
+        'models:/m-4f0c...'
+    """
+    import mlflow
+    import mlflow.pyfunc
+
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_code_model must be called inside start_step_run(...)")
+    info = mlflow.pyfunc.log_model(name=name, python_model=str(code_file), artifacts=dict(artifacts),
+                                   code_paths=[str(p) for p in code_paths], pip_requirements=list(requirements),
+                                   input_example=input_example, signature=signature)
+    return info.model_uri
+
+
+def pinned_requirements(dists: Iterable[str]) -> list[str]:
+    """``dist==<installed version>`` for each distribution (no local build tag such as ``+cpu``).
+
+    Example:
+        >>> pinned_requirements(["torch", "numpy"])
+        ['torch==2.13.0', 'numpy==2.4.6']
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for dist in ("torch", "numpy", "kornia", "anet-pipeline"):
+    for dist in dists:
         try:
             reqs.append(f"{dist}=={version(dist).split('+')[0]}")
         except PackageNotFoundError:
             reqs.append(dist)
     return reqs
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of a logged torch module: torch, numpy, kornia and this package."""
+    return pinned_requirements(("torch", "numpy", "kornia", "anet-pipeline"))
 
 
 def _infer_signature(model: Any, input_example: Any) -> Any:

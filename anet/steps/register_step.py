@@ -10,14 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from anet.config import ExperimentConfig
 from anet.errors import UserError
 from anet.mlops import lineage, registry, tracking
 from anet.mlops.step_tracking import StepTracker, run_tags, step_run
-from anet.model.checkpoint_io import load_model_from_checkpoint
-from anet.model.embedder import ReidEmbedder
+from anet.search import served
 from anet.steps.common import checkpoint_in, is_pruned, reported_step
 from anet.steps.pipeline_run import close_if_opened_by_pipeline
 
@@ -56,14 +53,16 @@ def register(config_json: str, dataset: str, metrics_json: str, checkpoint: str,
 
 def _register_candidate(cfg: ExperimentConfig, dataset: str, ckpt: Path, evaluation: dict[str, Any],
                         parent_run_id: str, promote: bool) -> dict[str, Any]:
-    """Log the model (pytorch flavour, explicit requirements) into the active step run and register it.
+    """Log the served model (images -> embedding + attribute probabilities) into the active step run and
+    register it.
 
-    ``promote=False`` (sweep trials) registers the version (alias challenger) without moving the
-    champion; the sweep offers the best trial for promotion afterwards.
+    The model carries its preprocessing and the prepared dataset's vocabularies, with a real image of
+    that dataset as input example (:func:`anet.search.served.log_served_model`). ``promote=False``
+    (sweep trials) registers the version (alias challenger) without moving the champion; the sweep
+    offers the best trial for promotion afterwards.
     """
-    embedder = ReidEmbedder(load_model_from_checkpoint(ckpt).eval(), cfg.eval.feature)
-    h, w = cfg.data.image_size
-    model_uri = tracking.log_model(embedder, input_example=np.zeros((2, 3, h, w), dtype=np.float32))
+    vocab, example = served.dataset_of_run(parent_run_id, tuple(cfg.data.image_size))
+    model_uri = served.log_served_model(ckpt, cfg, vocab, example)
     tags = lineage.lineage_tags(fingerprint=run_tags(parent_run_id).get("data.fingerprint"))
     decision = registry.register_candidate(model_uri, dataset, parent_run_id, evaluation["metrics"],
                                            cfg.registry.primary_metric, cfg.registry.promotion_margin,
