@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from anet.cli import data as data_commands
 from anet.cli import evaluate as eval_commands
 from anet.cli import registry as registry_commands
+from anet.cli import search as search_commands
 from anet.cli import train as train_commands
 from anet.errors import run_guarded
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.add_commands(sub)
     eval_commands.add_commands(sub)
     registry_commands.add_commands(sub)
+    search_commands.add_commands(sub)
     return parser
 
 
