@@ -48,10 +48,16 @@ SECRETS: dict[str, tuple[dict[str, str], bool]] = {  # secret name -> (key -> en
 
 
 def _platform(task: dsl.PipelineTask, cache_pvc: str, secrets: dict, cpu: str, memory: str) -> None:
-    """Kubernetes settings every task gets: secrets as env, the cache PVC, resources, no caching."""
+    """Kubernetes settings every task gets: secrets as env, the cache PVC, non-root, resources, no caching.
+
+    kfp-kubernetes 2.17 has no fsGroup (its security context is runAsUser/runAsGroup/runAsNonRoot
+    only), so the PVC is made writable once by docker/k8s/pvc-permissions.yaml; no runAsUser
+    either: OpenShift assigns its own uid, and the image works for any uid in group 0.
+    """
     for name, (key_to_env, optional) in secrets.items():
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=key_to_env, optional=optional)
     kubernetes.mount_pvc(task, pvc_name=cache_pvc, mount_path=PVC_MOUNT)
+    kubernetes.set_security_context(task, run_as_non_root=True)
     task.set_cpu_request(cpu).set_memory_request(memory)
     # every step writes MLflow runs: a cache hit would silently skip them
     task.set_caching_options(enable_caching=False)
