@@ -1,6 +1,6 @@
 """``make bench``: run each benchmark in its own process and collect their JSON reports.
 
-    python -m bench.run                 # data, eval, train
+    python -m bench.run                 # data, eval, train, search
     python -m bench.run --only eval     # one of them
     make bench ARGS="--only train"
 
@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = {"data": "bench.data_bench", "eval": "bench.eval_bench", "train": "bench.train_bench"}
+BENCHES = {"data": "bench.data_bench", "eval": "bench.eval_bench", "train": "bench.train_bench",
+           "search": "bench.search_bench"}
 
 
 def run_one(module: str, extra: list[str]) -> dict:
