@@ -22,6 +22,11 @@ leaves a cache that looks valid.
 
 Rows of quarantined images stay zero in ``images.npy``; no manifest row points at them.
 
+A cache may be shared by a team: every file of a published cache and of ``.memo`` is made
+group-readable and -writable (0o664, folders 0o2775) whatever the writer's umask, so another member of
+the folder's group reuses it (``chgrp team <cache_root> && chmod 2775 <cache_root>`` once: the setgid
+bit gives every new entry that group).
+
 Image policy (:func:`decode_resize`): grayscale (``L``, ``1``), palette (``P``, ``PA``), ``LA``/``RGBA``
 and ``CMYK`` images are valid and converted to RGB (alpha is dropped, the colour channels kept as
 stored). Quarantined, with the reason in ``quarantine.csv``: a listed file that does not exist
@@ -59,6 +64,7 @@ from anet.errors import UserError
 from anet.io import atomic_write_text, pid_alive
 
 COMPLETE = "COMPLETE"
+SHARED_FILE, SHARED_DIR = 0o664, 0o2775  # group-readable/-writable, umask-independent; setgid keeps the group
 WORKERS = 2  # Pillow releases the GIL in decode and resize, so threads use both cores
 _FORMAT = 2  # of the cache content; 2: the image policy above (1 quarantined every non-RGB image)
 RGB_MODES = frozenset({"RGB", "L", "1", "P", "PA", "LA", "RGBA", "CMYK"})  # converted to RGB, not refused
@@ -142,6 +148,7 @@ def prepare_dataset(
         final = _build_and_publish(manifest, paths, manifest_hash, (h, w), int(min_image_size), cache_root,
                                    progress)
         atomic_write_text(memo, final.name + "\n")
+        share_with_group(memo.parent)
     prepared = PreparedDataset.open(final)
     # Published even when too many images are bad: the content is right and the limit is a policy
     # checked on every call, so a rerun with a higher limit reuses the cache without decoding.
@@ -164,6 +171,7 @@ def _build_and_publish(manifest: Manifest, paths: list[str], manifest_hash: str,
             meta = json.loads((tmp / "meta.json").read_text()) | {"fingerprint": fingerprint}
             atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
             atomic_write_text(tmp / COMPLETE, fingerprint + "\n")
+            share_with_group(tmp)
             _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -315,6 +323,15 @@ def _publish(tmp: Path, final: Path) -> None:
     except OSError:
         if not (final / COMPLETE).is_file():
             raise
+
+
+def share_with_group(folder: Path) -> None:
+    """``folder`` and what is in it: files 0o664, folders 0o2775 (those this user owns; others are left)."""
+    uid = os.geteuid()
+    for path in [folder, *folder.rglob("*")]:
+        st = path.lstat()
+        if st.st_uid == uid and not path.is_symlink():
+            path.chmod(SHARED_DIR if path.is_dir() else SHARED_FILE)
 
 
 def _remove_dead_temps(cache_root: Path, prefix: str) -> None:

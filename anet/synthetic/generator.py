@@ -34,6 +34,7 @@ import pandas as pd
 from anet.config import SyntheticCfg
 from anet.data.manifest import build_manifest
 from anet.errors import UserError
+from anet.io import remove_stale_temps, temp_prefix
 from anet.synthetic.draw import RGB, CameraSpec, Details, render_vehicle_image
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLOR_NAMES", "TYPE_NAMES", "MODEL_NAMES", "SyntheticSample", "SyntheticSet", "IdentityPlan",
     "ImagePlan", "plan_identities", "plan_cameras", "render_dataset", "iter_samples",
-    "synthetic_frame", "generate_synthetic", "image_name",
+    "synthetic_frame", "generate_synthetic", "image_name", "is_generated",
 ]
 
 GENERATOR_VERSION = 1
@@ -308,6 +309,11 @@ def _is_complete(out: Path, cfg: SyntheticCfg) -> bool:
     return (out / LABELS_FILE).is_file() and images.is_dir() and len(os.listdir(images)) == expected
 
 
+def is_generated(cfg: SyntheticCfg, out_dir: str | os.PathLike[str]) -> bool:
+    """True when ``out_dir`` already holds this generation (then nothing is written there)."""
+    return _is_complete(Path(out_dir), cfg)
+
+
 def _manifest(out: Path) -> Manifest:
 
     labels = pd.read_csv(out / LABELS_FILE, dtype={"vid": str, "test_set": str}, keep_default_na=False)
@@ -348,7 +354,8 @@ def generate_synthetic(cfg: SyntheticCfg, out_dir: str | os.PathLike[str]) -> Ma
 
     A complete generation for the same cfg is reused without rendering. Otherwise everything is
     written into a temporary sibling directory that replaces ``out_dir`` by rename, so an interrupted
-    run never leaves an ``out_dir`` that looks complete.
+    run never leaves an ``out_dir`` that looks complete; what an interrupted run left next to it
+    (its temporary folders, named with its pid) is deleted on the next start.
 
     Example:
         >>> m = generate_synthetic(load_config("smoke").data.synthetic, "data/smoke")
@@ -356,12 +363,13 @@ def generate_synthetic(cfg: SyntheticCfg, out_dir: str | os.PathLike[str]) -> Ma
         8
     """
     out = Path(out_dir)
+    remove_stale_temps(out.parent, name=out.name)  # a killed generation's folders (every image again)
     if _is_complete(out, cfg):
         return _manifest(out)
     if out.exists():
         _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
     try:
         _write_generation(cfg, tmp)
         _swap_into_place(tmp, out, cfg)
@@ -375,7 +383,7 @@ def _swap_into_place(tmp: Path, out: Path, cfg: SyntheticCfg) -> None:
     if _is_complete(out, cfg):  # a concurrent run of the same cfg finished first: keep its files
         return
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
         os.rmdir(old)
         os.rename(out, old)
     try:

@@ -26,7 +26,7 @@ from torch import nn
 
 from anet.config import RuntimeCfg, StageCfg
 from anet.errors import UserError
-from anet.io import atomic_path
+from anet.io import atomic_path, remove_stale_temps
 from anet.model.checkpoint_io import read_checkpoint
 from anet.train.runtime import (
     RuntimeContext,
@@ -102,7 +102,13 @@ def save_state(state: TrainState, path: Path, ctx: RuntimeContext) -> None:
 
 
 def restore_state(state: TrainState, path: Path, resume: bool, seed: int, rank: int) -> None:
-    """Continue from ``path`` when resuming a matching run; otherwise seed a fresh start."""
+    """Continue from ``path`` when resuming a matching run; otherwise seed a fresh start.
+
+    First, rank 0 deletes what killed writers left next to ``path`` (a kill -9 during a checkpoint
+    write leaves a temp file as large as the checkpoint); a live writer's temp file is kept.
+    """
+    if rank == 0:
+        remove_stale_temps(path.parent)
     if not (resume and path.is_file()):
         seed_everything(seed)
         return
