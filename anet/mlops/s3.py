@@ -7,6 +7,10 @@ Configuration comes only from the environment, never from code or config files:
 progress bar. Missing credentials, an unreachable endpoint, a missing bucket or a denied request
 become one :class:`~anet.errors.UserError` line naming the URL and what to set.
 
+Bounded waits: connecting and each read give up after ``ANET_S3_TIMEOUT_S`` seconds (default 10), a
+request is tried ``ANET_S3_MAX_ATTEMPTS`` times (default 3). :func:`check_endpoint` tries once, so an
+endpoint that accepts connections but never answers fails within about ``ANET_S3_TIMEOUT_S``.
+
 Example:
     >>> check_endpoint("s3://datasets/veri776.zip")         # fails fast with a readable message
     >>> download_file("s3://datasets/veri776.zip", Path("/tmp/veri776.zip"))
@@ -25,6 +29,8 @@ from anet.errors import UserError
 from anet.io import atomic_path
 
 MIB = 1024 * 1024
+TIMEOUT_ENV, ATTEMPTS_ENV = "ANET_S3_TIMEOUT_S", "ANET_S3_MAX_ATTEMPTS"
+DEFAULT_TIMEOUT_S, DEFAULT_ATTEMPTS = 10.0, 3
 CREDENTIALS_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS server)"
 
 
@@ -41,16 +47,43 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def client(endpoint: str | None = None, attempts: int = 3) -> Any:
-    """A boto3 S3 client for ``endpoint`` (default: from the environment); path-style on custom servers."""
+def timeout_s() -> float:
+    """Seconds to connect, and to wait for each read (``ANET_S3_TIMEOUT_S``, default 10)."""
+    return _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, float)
+
+
+def max_attempts() -> int:
+    """Tries per request, the first included (``ANET_S3_MAX_ATTEMPTS``, default 3)."""
+    return int(_env_number(ATTEMPTS_ENV, DEFAULT_ATTEMPTS, int))
+
+
+def _env_number(name: str, default: float, kind: type) -> float:
+    """A positive finite number from the environment; one line naming the variable when it is not."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise UserError(f"{name}={text!r}: expected a positive {'whole ' if kind is int else ''}number")
+    return value
+
+
+def client(endpoint: str | None = None, attempts: int | None = None) -> Any:
+    """A boto3 S3 client for ``endpoint`` (default: from the environment); path-style on custom servers.
+
+    Timeouts and tries come from the environment (module docstring); ``attempts`` overrides the tries.
+    """
     import boto3
     from botocore.config import Config
 
     endpoint = endpoint or endpoint_url()
     config = Config(
-        connect_timeout=5,
-        read_timeout=60,
-        retries={"total_max_attempts": attempts, "mode": "standard"},
+        connect_timeout=timeout_s(),
+        read_timeout=timeout_s(),
+        retries={"total_max_attempts": attempts or max_attempts(), "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint else {},
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -62,10 +95,12 @@ def s3_errors(url: str, endpoint: str | None = None) -> Iterator[None]:
     """Translate botocore failures for ``url`` into one-line UserErrors."""
     from botocore.exceptions import (
         ClientError,
+        ConnectionClosedError,
         ConnectTimeoutError,
         EndpointConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
+        ReadTimeoutError,
     )
 
     endpoint = endpoint or endpoint_url() or "AWS default"
@@ -77,6 +112,12 @@ def s3_errors(url: str, endpoint: str | None = None) -> Iterator[None]:
     except (EndpointConnectionError, ConnectTimeoutError):
         raise UserError(f"{where}: S3 endpoint unreachable; check AWS_ENDPOINT_URL and that the server "
                         "is running") from None
+    except ReadTimeoutError:
+        raise UserError(f"{where}: S3 endpoint accepted the connection but did not answer within "
+                        f"{timeout_s():g} s ({TIMEOUT_ENV}); check that it is a healthy S3 server") from None
+    except ConnectionClosedError:
+        raise UserError(f"{where}: S3 endpoint closed the connection without answering; check that it is a "
+                        "healthy S3 server") from None
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in {"404", "NoSuchBucket", "NoSuchKey", "NotFound"}:
@@ -92,6 +133,7 @@ def check_endpoint(url: str | None = None) -> None:
 
     ``url`` may be ``None`` (the environment's endpoint), an ``http(s)://`` endpoint, or an
     ``s3://bucket/...`` URI whose bucket must exist. Raises UserError; returns None when usable.
+    One try, so it answers within about ``ANET_S3_TIMEOUT_S`` even when the server never replies.
     """
     if url and url.startswith("s3://"):
         bucket, _ = parse_s3_uri(url)
