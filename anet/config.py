@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anet.errors import UserError
 
@@ -39,7 +39,8 @@ class ConfigError(UserError, ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # allow_inf_nan=False: Field(gt=0) alone lets lr=inf through (and the first step turns it into NaN)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class SyntheticCfg(_Frozen):
@@ -67,6 +68,16 @@ class DataCfg(_Frozen):
     quarantine_max_fraction: float = Field(0.01, ge=0.0, le=1.0)
     min_image_size: int = Field(16, ge=1)  # px on the shorter side; smaller images are quarantined
     synthetic: SyntheticCfg = SyntheticCfg()
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_fits_the_backbone(cls, size: tuple[int, int]) -> tuple[int, int]:
+        """Each side 32..1024 px. The IBN-a InstanceNorms of layers 1-3 need more than one value per
+        channel at stride 16 (16 x 16 fails in training, measured); pooling is adaptive, so no multiple
+        of the stride is needed (17 x 31 trains)."""
+        if not all(32 <= side <= 1024 for side in size):
+            raise ValueError("each side must be 32..1024 px (a smaller side gives a 1 x 1 map at stride 16)")
+        return size
 
 
 class AugmentCfg(_Frozen):
@@ -298,7 +309,10 @@ def resolve_config(profile: str, overrides: Mapping[str, Any] | None = None, set
         items["data.cache_dir"] = cache_root
     for key, value in items.items():
         _set_dotted(raw, key, value)
-    return _validate(raw, source=f"{path} + overrides {sorted(items)}" if items else str(path))
+    from_settings = settings.as_overrides() if settings is not None else {}
+    origins = {key: ("run setting" if key in from_settings else "command line" if key in (overrides or {})
+                     else "run location", value) for key, value in items.items()}
+    return _validate(raw, source=str(path), origins=origins)
 
 
 def _read_profile(path: Path) -> dict[str, Any]:
@@ -350,24 +364,43 @@ def _unknown_key_message(prefix: str, key: str, valid: list[str]) -> str:
     return f"unknown config key {full!r}{hint} (valid here: {', '.join(valid)})"
 
 
-def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
+def _validate(raw: dict[str, Any], source: str,
+              origins: Mapping[str, tuple[str, Any]] | None = None) -> ExperimentConfig:
+    """Validate; ``origins`` maps each key set on top of the profile ``source`` to (where, value)."""
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(_format_errors(exc, source, origins or {})) from None
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def _format_errors(exc: ValidationError, source: str, origins: Mapping[str, tuple[str, Any]]) -> str:
+    """One line; each problem names where its value came from: ``key=value (command line)`` or the file."""
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
+        msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             model = _model_at(loc[:-1])
-            lines.append(_unknown_key_message(".".join(loc[:-1]), loc[-1], list(model.model_fields)))
+            lines.append(f"{source}: {_unknown_key_message('.'.join(loc[:-1]), loc[-1], list(model.model_fields))}")
+        elif not loc:  # a check across sections (model_validator): its message names the keys
+            keys = [key for key in origins if key in msg]
+            lines.append(f"{msg} ({', '.join(f'{k}={origins[k][1]}, {origins[k][0]}' for k in keys)})" if keys
+                         else f"{source}{' + ' + ', '.join(sorted(origins)) if origins else ''}: {msg}")
         else:
-            value = err.get("input")
-            lines.append(f"{'.'.join(loc)}: {err['msg']} (got {value!r})")
-    return f"{source}: " + "; ".join(lines)
+            lines.append(_located(loc, msg, err.get("input"), source, origins))
+    return "; ".join(lines)
+
+
+def _located(loc: list[str], msg: str, value: Any, source: str, origins: Mapping[str, tuple[str, Any]]) -> str:
+    """``stage_one.lr=inf (command line): ...`` when a key set on top of the profile holds the bad value,
+    else ``configs/x.yaml: stage_one.lr: ... (got inf)``."""
+    dotted = ".".join(loc)
+    keys = sorted((k for k in origins if k == dotted or k.startswith(dotted + ".") or dotted.startswith(k + ".")),
+                  key=lambda k: k != dotted)
+    if not keys:
+        return f"{source}: {dotted}: {msg} (got {value!r})"
+    where, given = origins[keys[0]]
+    return f"{keys[0]}={given} ({where}): {msg}"
 
 
 def _model_at(path: list[str]) -> type[BaseModel]:

@@ -44,6 +44,7 @@ from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
 from anet.mlops import s3, tracking
 from anet.mlops.pretrained import resolve_pretrained
+from anet.steps.preflight import check_run_paths
 from pipelines.compile import compile_pipeline
 from pipelines.dag import CLUSTER_CACHE_ROOT, local_pipeline
 
@@ -86,6 +87,8 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
     profile = profile or dataset
     on_cluster = bool(os.environ.get("KFP_HOST"))
     cfg = _run_config(resolve_config(profile, overrides, settings, dataset=dataset), on_cluster)
+    if not on_cluster:  # there the steps' pods check their own folders (the prepare step)
+        check_run_paths(cfg, outputs={"--pipeline-root": pipeline_root})
     steps.check_dataset_available(cfg)
     if not on_cluster:
         resolve_pretrained(cfg.model.pretrained)  # offline or a bad hash: one line before any work

@@ -19,6 +19,7 @@ from anet.data.manifest import Manifest
 from anet.data.readers import read_dataset
 from anet.errors import UserError
 from anet.mlops.importer import import_dataset
+from anet.steps.preflight import check_writable
 from anet.synthetic.generator import generate_synthetic, render_dataset
 from anet.synthetic.layouts import write_layout
 
@@ -95,6 +96,7 @@ def synth_command(args: argparse.Namespace) -> int:
 def import_command(args: argparse.Namespace) -> int:
     """``anet data import DATASET SOURCE [--data-dir DIR] [--no-push] [--overwrite]``."""
 
+    check_writable(args.data_dir, "--data-dir")
     kwargs = {"overwrite": True} if args.overwrite else {}
     result = import_dataset(args.dataset, str(args.source), data_dir=Path(args.data_dir),
                             push=not args.no_push, **kwargs)

@@ -20,6 +20,7 @@ from anet.config import load_config
 from anet.errors import UserError
 from anet.evaluation.in_training import make_eval_fn
 from anet.mlops.pretrained import pretrained_tags, resolve_pretrained
+from anet.steps.preflight import check_run_paths
 from anet.steps.prepare import prepare_from_config
 from anet.train.callbacks import JsonlLogCallback
 from anet.train.runtime import shutdown_distributed
@@ -46,6 +47,7 @@ def train_command(args: argparse.Namespace) -> int:
     """Run the requested stage(s); each writes ``<out>/<stage>/{last,final}.pt`` and ``<out>/log.jsonl``."""
     cfg = load_config(args.config, list(args.overrides))
     out = args.out or Path("runs") / cfg.name
+    check_run_paths(cfg, outputs={"--out": out})  # else an unwritable --out fails after the first epoch
     stages = {"one": ["stage_one"], "two": ["stage_two"], "both": ["stage_one", "stage_two"]}[args.stage]
     init_from = args.init_from
     if args.stage == "two" and init_from is None:

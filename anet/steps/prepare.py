@@ -23,6 +23,7 @@ from anet.mlops.pretrained import resolve_pretrained
 from anet.mlops.step_tracking import step_run
 from anet.steps.common import DESCRIPTOR, progress_enabled, reported_step
 from anet.steps.pipeline_run import OPENED_BY, start_pipeline_run
+from anet.steps.preflight import check_run_paths
 from anet.synthetic.generator import generate_synthetic
 from anet.train.runtime import main_first, setup_runtime
 
@@ -109,6 +110,7 @@ def prepare_data(out_dir: str, *, config_json: str | None = None, profile: str =
     Returns ``{"config_json", "parent_run_id", "descriptor", "metadata", "report_md"}``.
     """
     cfg = step_config(config_json, profile, dataset, overrides, settings, data_root, cache_root)
+    check_run_paths(cfg, outputs={"the prepare step's output": out_dir})
     check_dataset_available(cfg)
     if open_parent_run and not parent_run_id:
         parent_run_id = start_pipeline_run(cfg.data.dataset, profile, cfg.to_json(), {OPENED_BY: "pipeline"})
