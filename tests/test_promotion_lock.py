@@ -2,7 +2,7 @@
 
 ONE real ``mlflow server`` per module (sqlite store). Holders are separate processes, killed with
 SIGKILL (no cleanup runs) or frozen with SIGSTOP (alive, but silent: only the lease can tell).
-Heartbeats are 0.5 s here, so a silent holder is taken over after 1.5 s.
+Heartbeats are 1 s here (2 s by default), so a silent holder is taken over after 3 s.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from anet.mlops import doctor, lock, registry, tracking
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-HEARTBEAT_S = 0.5
+HEARTBEAT_S = 1.0  # a beat may take up to 2 s to land on this busy 2-core machine
 METRIC = "eval/test/mAP"
 
 
@@ -109,7 +109,7 @@ def test_killed_holder_is_taken_over_within_seconds(uri, caplog):
     with lock.PromotionLock(_client(), name, wait_s=30) as taker:
         waited = time.monotonic() - start
         assert taker.taken_over == [key] and _entries(name) == [taker.key]
-    assert waited < 5.0
+    assert waited < 10.0
     # same host: taken over because the pid is dead, not after the lease ran out
     assert f"(process {holder.pid} on " in caplog.text and "is gone)" in caplog.text
     assert _entries(name) == []
@@ -137,7 +137,7 @@ def test_frozen_holder_loses_the_lock_by_its_lease_and_never_writes_again(uri):
             os.kill(holder.pid, signal.SIGCONT)
             holder.kill()
         holder.wait(timeout=10)
-    assert lock.STALE_BEATS * HEARTBEAT_S <= waited < 5.0
+    assert lock.STALE_BEATS * HEARTBEAT_S <= waited < 10.0
     holder.stdout.close()
     holder.stderr.close()
 

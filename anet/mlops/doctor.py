@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from anet.mlops import liveness, retry
+from anet.mlops import liveness, registry, retry
+from anet.mlops.lock import PromotionLock
+from anet.mlops.tracking import experiment_name
 
 logger = logging.getLogger(__name__)
 CLOSED_BY_TAG = "anet.closed_by"
@@ -75,9 +77,6 @@ def fail_orphaned_versions(dataset: str, client: Any = None) -> list[str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from anet.mlops import registry
-    from anet.mlops.lock import PromotionLock
-
     client, name = client or MlflowClient(), registry.model_name(dataset)
     with retry.outage_as_user_error(f"looking for unfinished registrations of {name}"):
         try:
@@ -93,8 +92,6 @@ def fail_orphaned_versions(dataset: str, client: Any = None) -> list[str]:
 def _experiment_ids(client: Any, experiments: str | Iterable[str]) -> list[str]:
     if not isinstance(experiments, str):
         return [str(e) for e in experiments]
-    from anet.mlops.tracking import experiment_name
-
     exp = client.get_experiment_by_name(experiment_name(experiments))
     return [exp.experiment_id] if exp is not None else []
 
