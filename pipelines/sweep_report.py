@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from anet.config import load_config
+from anet.config import resolve_config
 from anet.io import atomic_path, atomic_write_text
 from anet.mlops import registry, tracking
 
@@ -114,7 +114,7 @@ def offer_promotion(study: Any, args: argparse.Namespace) -> None:
     if not version:
         print(f"best trial #{best.number} has no registered model version")
         return
-    cfg = load_config(args.profile, args.overrides)
+    cfg = resolve_config(args.profile, args.overrides, dataset=args.dataset)
     decision = registry.consider_promotion(
         args.dataset, str(version), cfg.registry.primary_metric, cfg.registry.promotion_margin,
         apply=args.promote_best,

@@ -26,12 +26,29 @@ def test_paper_settings_in_benchmark_profiles():
     assert cfg.stage_one.lr == pytest.approx(6e-4) and cfg.stage_one.amsgrad
     assert cfg.stage_two.freeze_f and cfg.stage_two.amelioration and not cfg.stage_one.amelioration
     assert (cfg.model.s_a, cfg.model.s_f, cfg.model.s_j) == (128, 512, 512)
-    assert load_config("veriwild").registry.primary_metric == "eval/small/mAP"
-    assert load_config("vehicleid").registry.primary_metric == "eval/800/R1"
+    assert load_config("veriwild").registry.primary_metric == "eval/val/mAP"
+    assert load_config("vehicleid").registry.primary_metric == "eval/val/R1"
+
+
+def test_model_selection_reads_the_validation_split_unless_told_otherwise():
+    with pytest.raises(ConfigError, match="reads a test split"):
+        load_config("veri776", ["registry.primary_metric=eval/test/mAP"])
+    with pytest.raises(ConfigError, match="data.val_ids > 0"):
+        load_config("veri776", ["data.val_ids=0"])
+    with pytest.raises(ConfigError, match="not produced for veriwild"):
+        load_config("veriwild", ["registry.primary_metric=eval/val/mAp"])
+    paper = load_config("veriwild", ["registry.selection=test", "registry.primary_metric=eval/small/mAP"])
+    assert paper.registry.selection == "test"
+
+
+def test_a_variant_is_never_evaluated_on_a_feature_it_lacks():
+    with pytest.raises(ConfigError, match="eval.feature='j' does not exist for model.variant='van'"):
+        load_config("smoke", ["model.variant=van"])
+    assert load_config("smoke", ["model.variant=van", "eval.feature=fa"]).eval.feature == "fa"
 
 
 def test_dotted_overrides_parse_values():
-    cfg = load_config("smoke", ["loss.lambda_a=0.25", "model.variant=van", "data.image_size=[64, 48]"])
+    cfg = load_config("smoke", ["loss.lambda_a=0.25", "model.variant=van", "eval.feature=fa", "data.image_size=[64, 48]"])
     assert cfg.loss.lambda_a == 0.25
     assert cfg.model.variant == "van"
     assert cfg.data.image_size == (64, 48)

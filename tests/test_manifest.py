@@ -89,3 +89,20 @@ def test_load_errors_name_the_path(tmp_path):
     pq.write_table(pa.table({"x": [1]}), foreign)
     with pytest.raises(UserError, match=r"foreign\.parquet: a parquet file but not an anet manifest"):
         Manifest.load(foreign)
+
+
+def test_validation_split_holds_out_training_identities_like_the_test_protocol():
+    from anet.data.validation import VAL, hold_out_validation
+
+    records = [(f"{v}_{c}_{i}.jpg", str(v), c, "train", "", 0) for v in range(10) for c in range(3) for i in range(2)]
+    records += [(f"t{v}.jpg", str(100 + v), 0, "query", "test", 0) for v in range(2)]
+    base = build_manifest("synthetic", "/data", records, {"color": ["a"]})
+    held = hold_out_validation(base, val_ids=3, seed=0).frame
+    val = held[held["test_set"] == VAL]
+    assert val["vid"].nunique() == 3 and set(val["split"]) == {"query", "gallery"}
+    assert (val.groupby(["vid", "camid"])["split"].apply(lambda s: (s == "query").sum()) == 1).all()
+    train = held[held["split"] == "train"]
+    assert not set(train["vid"]) & set(val["vid"]) and sorted(train["label"].unique()) == list(range(7))
+    assert (held.loc[held["split"] != "train", "label"] == -1).all()
+    assert hold_out_validation(base, val_ids=3, seed=0).frame.equals(held)  # a fixed split
+    assert not hold_out_validation(base, val_ids=3, seed=1).frame.equals(held)

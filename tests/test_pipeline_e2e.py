@@ -102,10 +102,11 @@ def test_dag_runs_tracks_registers_and_promotes(project):
     from anet.mlops.registry import champion_info
 
     first = _run(WORSE)
-    assert first.model_version == "1" and first.champion and first.primary_metric == "eval/test/mAP"
+    assert first.model_version == "1" and first.champion and first.primary_metric == "eval/val/mAP"
     client = MlflowClient()
     parent = client.get_run(first.parent_run_id)
-    assert parent.info.status == "FINISHED" and "eval/test/mAP" in parent.data.metrics
+    assert parent.info.status == "FINISHED" and {"eval/val/mAP", "eval/test/mAP"} <= set(parent.data.metrics)
+    assert parent.data.tags["anet.selection"] == "val"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{first.parent_run_id}'")
     assert sorted(r.data.tags["anet.step"] for r in children) == [
         "evaluate", "prepare", "register", "train_stage_one", "train_stage_two"]

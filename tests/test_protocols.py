@@ -203,7 +203,7 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, capsys):
     code = _run_cli(["evaluate", "--checkpoint", str(ckpt), "--cache", str(prepared.cache_dir), "--profile",
                      "smoke", "--flip", "--out", str(tmp_path / "eval"), "--device", "cpu"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["feature"] == "j" and set(out["results"]) == {"test"}
+    assert code == 0 and out["feature"] == "j" and set(out["results"]) == {"test", "val"}
     assert out["results"]["test"]["num_valid"] > 0 and 0 < out["results"]["test"]["mAP"] <= 1
     names = {p.rsplit("/", 1)[-1] for p in out["files"]}
     assert {"results.md", "results.csv", "cmc.png", "retrieval.png", "activation_maps.png"} <= names

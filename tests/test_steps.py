@@ -105,6 +105,8 @@ def test_all_steps_end_to_end_with_a_parent_run_the_pipeline_opens_itself(tmp_pa
     run = client.get_run(parent)
     assert run.info.status == "FINISHED" and "eval/test/mAP" in run.data.metrics
     assert run.data.tags["anet.outcome"] == "succeeded" and run.data.tags["anet.model_version"] == "1"
+    assert run.data.tags["anet.selection"] == "val" and run.data.tags["anet.primary_metric"] == "eval/val/mAP"
+    assert {"eval/val/mAP", "eval/test/mAP"} <= set(run.data.metrics) and reg["primary_metric"] == "eval/val/mAP"
     assert run.data.tags["data.fingerprint"] == steps.read_descriptor(tmp_path / "prep")["fingerprint"]
     stage_one = next(r for r in children if r.data.tags["anet.step"] == "train_stage_one")
     assert any(k.startswith("train/") for k in stage_one.data.metrics)

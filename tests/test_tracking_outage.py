@@ -51,10 +51,10 @@ def test_budget_sets_mlflow_http_retries(clean_env):
     clean_env.setenv(retry.BUDGET_ENV, "30")
     clean_env.delenv(retry.TIMEOUT_ENV)
     policy = retry.apply_http_policy()
-    assert (policy.max_retries, policy.timeout_s) == (4, 10)
+    assert (policy.max_retries, policy.timeout_s) == (4, 60)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"
     # the most retries whose backoff (0, 2, 4, 8 s + jitter) fits the budget; MLflow's default is 252 s
     assert policy.backoff_s() <= 30 < retry.RetryPolicy(30, 5, 10).backoff_s()
     clean_env.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")  # the user's own setting wins

@@ -6,6 +6,7 @@ Examples::
     anet train --config synthetic stage_one.epochs=5
     anet evaluate-features feats.npz --max-rank 50
     anet registry promote --dataset veri776 --version 3
+    anet runs doctor --dataset synthetic
 
 A mistake a user can fix (wrong path, bad layout, unknown config key, unreachable server) is
 printed as one ``error: ...`` line with exit status 2, never as a traceback.
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from anet.cli import data as data_commands
 from anet.cli import evaluate as eval_commands
 from anet.cli import registry as registry_commands
+from anet.cli import runs as runs_commands
 from anet.cli import search as search_commands
 from anet.cli import train as train_commands
 from anet.errors import run_guarded
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.add_commands(sub)
     eval_commands.add_commands(sub)
     registry_commands.add_commands(sub)
+    runs_commands.add_commands(sub)
     search_commands.add_commands(sub)
     return parser
 

@@ -38,14 +38,15 @@ def extract_split(model: nn.Module, prepared: PreparedDataset, rows: pd.DataFram
 def make_eval_fn(cfg: ExperimentConfig, prepared: PreparedDataset) -> Callable[[nn.Module], dict[str, float]]:
     """``eval_fn(model) -> {"eval/<test_set>/<metric>": value}`` for ``run_stage`` / ``train_stage``.
 
-    Features of every non-train row are extracted once per call and scored with the dataset's
-    protocol (:func:`anet.evaluation.protocols.evaluate_dataset`).
+    Only the split model selection reads is scored (the one ``registry.primary_metric`` names:
+    ``val`` by default), so pruning never sees the test split and the epoch stays cheap.
     """
+    split = cfg.registry.primary_metric.split("/")[1]
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         frame = prepared.manifest.frame
-        rows = frame[frame["split"] != "train"].reset_index(drop=True)
+        rows = frame[(frame["split"] != "train") & (frame["test_set"] == split)].reset_index(drop=True)
         feats = extract_split(model, prepared, rows, cfg, device)  # restores the model's mode
         results: dict[str, Any] = evaluate_dataset(rows, feats, dataset=prepared.manifest.dataset, cfg=cfg.eval)
         return {f"eval/{split}/{name}": float(v) for split, metrics in results.items() for name, v in metrics.items()}

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from anet.config import EvalCfg
+from anet.data.validation import VAL
 from anet.errors import UserError
 from anet.evaluation.ranking import RankResult, rank_metrics
 
@@ -54,18 +55,16 @@ def evaluate_dataset_full(
     frame = frame.reset_index(drop=True)
     match dataset:
         case "veri776" | "synthetic":
-            sets = ["test"]
-            score = _query_gallery
+            sets, score = ["test"], _query_gallery
         case "veriwild":
-            sets = [s for s in cfg.veriwild_sets if s in set(frame["test_set"])]
-            score = _query_gallery
+            sets, score = list(cfg.veriwild_sets), _query_gallery
         case "vehicleid":
-            present = set(frame.loc[frame["split"] == "test", "test_set"])
-            sets = [s for s in cfg.vehicleid_sets if s in present]
-            score = _vehicleid
+            sets, score = list(cfg.vehicleid_sets), _vehicleid
         case _:
             raise UserError(f"dataset {dataset!r}: no evaluation protocol (known: synthetic, veri776, "
                             "veriwild, vehicleid)")
+    present = set(frame["test_set"]) - {""}
+    sets = [s for s in (VAL, *sets) if s in present]  # the validation split is scored like the test sets
     if not sets:
         raise UserError(f"dataset {dataset!r}: none of the configured test sets has rows in the manifest "
                         f"(present: {sorted(set(frame['test_set']) - {''})})")

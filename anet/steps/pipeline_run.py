@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from anet.config import ExperimentConfig
 from anet.mlops import tracking
 from anet.mlops.step_tracking import run_tags, set_tags
 
@@ -16,22 +17,39 @@ OPENED_BY = "anet.opened_by"  # "pipeline": the prepare step opened the parent r
 
 
 def start_pipeline_run(dataset: str, profile: str, config_json: str, tags: dict[str, str] | None = None,
-                       run_name: str | None = None) -> str:
-    """Create the pipeline's parent MLflow run (experiment ``anet-<dataset>``); returns its id."""
+                       run_name: str | None = None, driver: bool = True) -> str:
+    """Create the pipeline's parent MLflow run (experiment ``anet-<dataset>``); returns its id.
+
+    Tagged with what model selection reads: ``anet.selection`` (val, or test for the paper's practice)
+    and ``anet.primary_metric``. ``driver=False`` when this process does not outlive the run (the
+    prepare step opening it for a UI run): the run is then not tied to this process's liveness.
+    """
     tracking.configure(None)
     name = run_name or f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return tracking.start_parent_run(dataset, name, {"anet.profile": profile, **(tags or {})}, config_json)
+    registry = ExperimentConfig.from_json(config_json).registry
+    selection = {"anet.selection": registry.selection, "anet.primary_metric": registry.primary_metric}
+    return tracking.start_parent_run(dataset, name, {"anet.profile": profile, **selection, **(tags or {})},
+                                     config_json, driver=driver)
+
+
+END_STATUS = {"succeeded": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
 def finish_pipeline_run(run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
-    """Close the parent run: ``status`` is succeeded | pruned | failed; the summary becomes tags."""
+    """Close the parent run: ``status`` is succeeded | pruned | failed | killed; the summary becomes tags.
+
+    The run is ended even when its tags cannot be written (a tracking outage): a run is never left
+    RUNNING by this pipeline.
+    """
     tracking.configure(None)
     tags: dict[str, Any] = {"anet.outcome": status}
     for key in ("model_version", "champion", "error"):
         if summary and summary.get(key) not in (None, ""):
             tags[f"anet.{key}"] = str(summary[key])[:5000]
-    set_tags(run_id, tags)
-    tracking.end_run(run_id, "FAILED" if status == "failed" else "FINISHED")
+    try:
+        set_tags(run_id, tags)
+    finally:
+        tracking.end_run(run_id, END_STATUS[status])
 
 
 def pipeline_outcome(run_id: str) -> dict[str, Any]:
