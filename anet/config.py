@@ -66,6 +66,8 @@ class DataCfg(_Frozen):
     k_imgs: int = Field(4, ge=2)
     cache_dir: str = ".cache/anet"
     quarantine_max_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    val_ids: int = Field(0, ge=0)  # training identities held out as the validation split (test set "val")
+    val_seed: int = 0  # which ones: fixed across runtime seeds, so runs compare on the same split
     min_image_size: int = Field(16, ge=1)  # px on the shorter side; smaller images are quarantined
     synthetic: SyntheticCfg = SyntheticCfg()
 
@@ -175,10 +177,23 @@ class RuntimeCfg(_Frozen):
 
 
 class RegistryCfg(_Frozen):
-    """What promotion and sweeps compare."""
+    """What promotion and sweeps compare: ``primary_metric`` on the ``selection`` split.
 
-    primary_metric: str = "eval/test/mAP"
+    ``selection: val`` (the default) chooses on the held-out training identities (``data.val_ids``);
+    ``selection: test`` reproduces the paper's Table 4 practice of choosing on the test split, and
+    every run made so is tagged ``anet.selection=test``.
+    """
+
+    primary_metric: str = "eval/val/mAP"
     promotion_margin: float = Field(0.0, ge=0.0)
+    selection: Literal["val", "test"] = "val"
+
+
+METRIC_NAMES = ("mAP", "R1", "R5", "R10", "mINP")
+TEST_SETS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("test",), "veri776": ("test",), "veriwild": ("small", "medium", "large"),
+    "vehicleid": ("800", "1600", "2400"),
+}
 
 
 class ExperimentConfig(_Frozen):
@@ -197,6 +212,12 @@ class ExperimentConfig(_Frozen):
     runtime: RuntimeCfg = RuntimeCfg()
     registry: RegistryCfg = RegistryCfg()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        _check_feature(self.model.variant, self.eval.feature)
+        _check_selection(self)
+        return self
+
     def to_json(self) -> str:
         """Serialise to the JSON string that pipeline parameters and MLflow params carry."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
@@ -209,6 +230,31 @@ class ExperimentConfig(_Frozen):
     def digest(self) -> str:
         """Short stable hash of the resolved config (checkpoints record it)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def _check_feature(variant: str, feature: str) -> None:
+    """A variant must have the feature it is evaluated on: no silent fallback to another one."""
+    has = {"baseline": ("f",), "van": ("f", "fa"), "anet": ("f", "fa", "j"), "anet_att": ("f", "fa", "j")}[variant]
+    if feature not in has:
+        raise ValueError(f"eval.feature={feature!r} does not exist for model.variant={variant!r} "
+                         f"(it has {', '.join(has)})")
+
+
+def _check_selection(cfg: ExperimentConfig) -> None:
+    """``registry.primary_metric`` must be a metric the evaluator produces, on the selection split."""
+    parts = cfg.registry.primary_metric.split("/")
+    sets = TEST_SETS[cfg.data.dataset]
+    if len(parts) != 3 or parts[0] != "eval" or parts[2] not in METRIC_NAMES or parts[1] not in (*sets, "val"):
+        raise ValueError(f"registry.primary_metric={cfg.registry.primary_metric!r} is not produced for "
+                         f"{cfg.data.dataset}: use eval/<{'|'.join(('val', *sets))}>/<{'|'.join(METRIC_NAMES)}>")
+    if cfg.registry.selection == "val":
+        if parts[1] != "val":
+            raise ValueError(f"registry.primary_metric={cfg.registry.primary_metric!r} reads a test split; model "
+                             "selection reads eval/val/... (or set registry.selection=test, the paper's practice)")
+        if cfg.data.val_ids < 1:
+            raise ValueError("registry.selection=val needs data.val_ids > 0 (training identities held out)")
+    elif parts[1] == "val":
+        raise ValueError("registry.selection=test with a eval/val/... primary metric: pick one")
 
 
 def profile_path(profile: str) -> Path:

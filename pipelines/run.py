@@ -42,7 +42,7 @@ from anet import steps
 from anet.config import RUN_SETTING_KEYS, ExperimentConfig, RunSettings, parse_overrides, resolve_config
 from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
-from anet.mlops import s3, tracking
+from anet.mlops import doctor, liveness, s3, tracking
 from anet.mlops.pretrained import resolve_pretrained
 from anet.steps.preflight import check_run_paths
 from pipelines.compile import compile_pipeline
@@ -94,6 +94,9 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
         resolve_pretrained(cfg.model.pretrained)  # offline or a bad hash: one line before any work
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = _check_endpoints()
+    closed = doctor.close_orphaned_runs(cfg.data.dataset)
+    if closed.closed:
+        log.warning("%s", closed.describe())
     if on_cluster and not uri.startswith(("http://", "https://", "databricks")):
         raise UserError(f"MLFLOW_TRACKING_URI={tracking.redact_url(uri)} is a store on this machine: pods on the "
                         "cluster cannot reach it; set it to your tracking server (http(s)://...)")
@@ -106,12 +109,14 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
         _say(echo, f"MLflow parent run {parent} at {tracking.redact_url(uri)}")
         arguments = dag_arguments(cfg, profile, parent, trial, promote)
         try:
-            if client is not None:
-                outcome = _run_on_cluster(client, arguments, cfg.registry.primary_metric, parent, echo)
-            else:
-                outcome = _run_locally(arguments, cfg.registry.primary_metric, parent, Path(pipeline_root), echo)
+            with liveness.sigterm_raises():
+                if client is not None:
+                    outcome = _run_on_cluster(client, arguments, cfg.registry.primary_metric, parent, echo)
+                else:
+                    outcome = _run_locally(arguments, cfg.registry.primary_metric, parent, Path(pipeline_root), echo)
         except BaseException as exc:  # interrupted, or the runner itself broke: never leave the run RUNNING
-            steps.finish_pipeline_run(parent, "failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
+            status = "killed" if tracking.run_status(exc) == "KILLED" else "failed"
+            steps.finish_pipeline_run(parent, status, {"error": f"{type(exc).__name__}: {exc}"[:500]})
             raise
         steps.finish_pipeline_run(parent, outcome.status, {"model_version": outcome.model_version,
                                                            "champion": outcome.champion, "error": outcome.error})

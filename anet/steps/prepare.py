@@ -16,6 +16,7 @@ from anet.config import ExperimentConfig, RunSettings, resolve_config
 from anet.data.cache import PreparedDataset, prepare_dataset
 from anet.data.manifest import Manifest
 from anet.data.readers import read_dataset
+from anet.data.validation import hold_out_validation
 from anet.errors import UserError
 from anet.io import atomic_write_text
 from anet.mlops.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks
@@ -53,7 +54,12 @@ def check_dataset_available(cfg: ExperimentConfig) -> str:
 
 
 def read_manifest(cfg: ExperimentConfig) -> Manifest:
-    """Generate (synthetic) or read the dataset named by ``cfg.data``, pulling it with DVC when absent."""
+    """The dataset named by ``cfg.data`` with its validation split (``data.val_ids`` held-out identities)."""
+    return hold_out_validation(_dataset_manifest(cfg), cfg.data.val_ids, cfg.data.val_seed)
+
+
+def _dataset_manifest(cfg: ExperimentConfig) -> Manifest:
+    """Generate (synthetic) or read the dataset, pulling it with DVC when absent."""
     root = Path(cfg.data.root)
     if cfg.data.dataset == "synthetic":
         return generate_synthetic(cfg.data.synthetic, root)
@@ -113,7 +119,8 @@ def prepare_data(out_dir: str, *, config_json: str | None = None, profile: str =
     check_run_paths(cfg, outputs={"the prepare step's output": out_dir})
     check_dataset_available(cfg)
     if open_parent_run and not parent_run_id:
-        parent_run_id = start_pipeline_run(cfg.data.dataset, profile, cfg.to_json(), {OPENED_BY: "pipeline"})
+        parent_run_id = start_pipeline_run(cfg.data.dataset, profile, cfg.to_json(), {OPENED_BY: "pipeline"},
+                                           driver=False)
     resolve_pretrained(cfg.model.pretrained)  # fail fast (offline, bad hash) and warm the weight cache
     with step_run(parent_run_id, "prepare") as tracker:
         prepared = prepare_from_config(cfg, progress=progress_enabled())
