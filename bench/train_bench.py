@@ -25,7 +25,8 @@ from anet.config import AugmentCfg, LossCfg, ModelCfg, StageCfg
 from anet.data.augment import BatchAugment
 from anet.losses import Criterion
 from anet.model import build_model
-from anet.train.engine import make_optimizer, to_fp32
+from anet.train.data import make_optimizer
+from anet.train.engine import to_fp32
 from anet.train.runtime import autocast
 
 ATTR_CLASSES = {"color": 10, "type": 9}

@@ -24,7 +24,8 @@ WORKER = textwrap.dedent("""
 
     from anet.config import load_config
     from anet.data.cache import PreparedDataset
-    from anet.train.engine import build_train_data, train_stage
+    from anet.train.data import build_train_data
+    from anet.train.engine import train_stage
     from anet.losses import Criterion
     from anet.train.runtime import setup_runtime, shutdown_distributed
     from anet.train.stage import build_model_for

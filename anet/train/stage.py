@@ -24,7 +24,8 @@ from anet.errors import UserError
 from anet.losses import Criterion
 from anet.model import build_model
 from anet.train.callbacks import Callback
-from anet.train.engine import EvalFn, StageResult, attribute_classes, build_train_data, train_stage
+from anet.train.data import attribute_classes, build_train_data
+from anet.train.engine import EvalFn, StageResult, train_stage
 from anet.train.runtime import setup_runtime
 
 StageName = Literal["stage_one", "stage_two"]
