@@ -29,7 +29,7 @@ from typing import Any
 from anet.config import ExperimentConfig, RunSettings, parse_overrides, resolve_config
 from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
-from anet.mlops import tracking
+from anet.mlops import liveness, tracking
 from pipelines.ablation_report import RowResult, finished_rows, open_ablation_run, write_report
 from pipelines.run import run_pipeline
 
@@ -89,6 +89,18 @@ def run_grid(args: argparse.Namespace) -> list[RowResult]:
     configs = {r.key: row_config(args.profile, args.dataset, args.overrides, r) for r in rows}  # fail before work
     tracking.configure(None)
     ablation_run = open_ablation_run(args.dataset, args.name)
+    try:
+        with liveness.sigterm_raises():
+            _run_missing(args, rows, configs, ablation_run)
+    except BaseException as exc:  # the ablation's run never stays RUNNING; a rerun reopens it
+        tracking.end_run(ablation_run, tracking.run_status(exc))
+        raise
+    tracking.end_run(ablation_run, "FINISHED")
+    return list(finished_rows(args.dataset, args.name).values())
+
+
+def _run_missing(args: argparse.Namespace, rows: list[Row], configs: dict[str, dict[str, Any]],
+                 ablation_run: str) -> None:
     done = finished_rows(args.dataset, args.name)
     for row in rows:
         for seed in range(args.seeds):
@@ -102,7 +114,6 @@ def run_grid(args: argparse.Namespace) -> list[RowResult]:
                                    promote=False, run_name=f"{args.name}-{row.key}-s{seed}")
             if outcome.status != "succeeded":
                 raise UserError(f"ablation row {row.key} seed {seed} failed: {outcome.error}")
-    return list(finished_rows(args.dataset, args.name).values())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

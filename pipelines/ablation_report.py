@@ -41,6 +41,7 @@ def open_ablation_run(dataset: str, name: str) -> str:
     found = client.search_runs([exp], f"tags.`anet.kind` = 'ablation' and tags.`anet.ablation` = '{name}'",
                                max_results=1)
     if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")  # resumed: open again until it ends
         return found[0].info.run_id
     run = client.create_run(exp, run_name=name, tags={"anet.kind": "ablation", "anet.ablation": name})
     return run.info.run_id

@@ -49,7 +49,9 @@ def test_smoke_grid_runs_every_row_resumes_and_reports(tmp_path, monkeypatch):
     by_row = {r.data.tags["anet.ablation.row"]: r for r in runs}
     assert len(runs) == len(ROWS) == len(by_row)
     parent = {r.data.tags["mlflow.parentRunId"] for r in runs}
-    assert len(parent) == 1 and client.get_run(parent.pop()).data.tags["anet.kind"] == "ablation"
+    assert len(parent) == 1
+    ablation = client.get_run(parent.pop())
+    assert ablation.data.tags["anet.kind"] == "ablation" and ablation.info.status == "FINISHED"
     assert by_row["baseline"].data.params["model.variant"] == "baseline"
     assert by_row["baseline"].data.params["stage_one.epochs"] == "2"  # 1 + 1: the whole schedule in stage one
     assert by_row["anet_no_ac"].data.params["stage_two.epochs"] == "0"
