@@ -27,7 +27,8 @@ Example:
 """
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Optional
 
 from kfp import dsl, kubernetes
@@ -40,6 +41,8 @@ from components.train import train
 PIPELINE_NAME = "anet-pipeline"
 PVC_MOUNT = "/mnt/anet"
 CLUSTER_CACHE_ROOT = f"{PVC_MOUNT}/cache"
+CHECKPOINT_ROOT = f"{PVC_MOUNT}/checkpoints"  # a retried train task resumes from its last.pt here
+SHM_SIZE = "16Gi"
 SECRETS: dict[str, tuple[dict[str, str], bool]] = {  # secret name -> (key -> env var, optional)
     "anet-s3": ({k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}, False),
     "anet-mlflow": ({"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}, False),
@@ -63,23 +66,53 @@ def _platform(task: dsl.PipelineTask, cache_pvc: str, secrets: dict, cpu: str, m
     task.set_caching_options(enable_caching=False)
 
 
-def _train_settings(task: dsl.PipelineTask, cache_pvc: str, gpus: int, display_name: str, retries: int) -> None:
+@dataclass(frozen=True)
+class Placement:
+    """Where train tasks may run: ``node_selector`` labels and ``tolerations`` ("key=value:Effect" or
+    "key:Effect" for Exists), e.g. ``Placement({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    ("nvidia.com/gpu:NoSchedule",))``."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[str, ...] = ()
+
+
+def _place(task: dsl.PipelineTask, placement: Placement) -> None:
+    for key, value in placement.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for spec in placement.tolerations:
+        key_value, _, effect = spec.rpartition(":")
+        key, eq, value = key_value.partition("=")
+        kubernetes.add_toleration(task, key=key, operator="Equal" if eq else "Exists", value=value or None,
+                                  effect=effect or None)
+
+
+def _train_settings(task: dsl.PipelineTask, cache_pvc: str, gpus: int, display_name: str, retries: int,
+                    placement: Placement) -> None:
+    """GPUs (an error in the step when they are requested but not visible), NCCL's shared memory,
+    placement, retries that resume from the last checkpoint on the PVC."""
     _platform(task, cache_pvc, SECRETS, cpu="8", memory="32G")
     task.set_display_name(display_name)
     if gpus > 0:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+        task.set_env_variable("ANET_EXPECT_GPUS", str(gpus))
+    if gpus > 1:  # NCCL needs more /dev/shm than a pod's 64 MB default
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=SHM_SIZE)
     task.set_env_variable("ANET_NPROC", str(max(gpus, 1)))
+    task.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)
+    _place(task, placement)
     if retries:
         task.set_retry(num_retries=retries, backoff_duration="60s")
 
 
-def make_pipeline(gpus: int = 1, cluster: bool = True) -> Callable:
+def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | None = None) -> Callable:
     """Build the pipeline function; ``gpus`` per train task (> 1 runs DDP via torchrun).
 
     ``cluster=False`` drops the retry policy: kfp.local honours it (with its backoff), and locally a
     failing step must stop the run at once. Every other platform setting is ignored by kfp.local.
     """
     retries = 2 if cluster else 0
+    placement = placement or Placement()
 
     @dsl.pipeline(name=PIPELINE_NAME, description="AttributeNet vehicle re-ID: prepare, two-stage training, "
                   "evaluation, MLflow registration with champion/challenger promotion")
@@ -113,10 +146,10 @@ def make_pipeline(gpus: int = 1, cluster: bool = True) -> Callable:
 
         one = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_one",
                     mlflow_parent_run_id=parent, trial=trial)
-        _train_settings(one, cache_pvc, gpus, "stage-one training", retries)
+        _train_settings(one, cache_pvc, gpus, "stage-one training", retries, placement)
         two = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_two",
                     mlflow_parent_run_id=parent, trial=trial, init_from=one.outputs["model"])
-        _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries)
+        _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries, placement)
 
         ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
                       mlflow_parent_run_id=parent).set_display_name("evaluate")

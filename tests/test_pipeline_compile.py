@@ -124,3 +124,25 @@ def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeyp
     assert sum("r-1: RUNNING" in m for m in said) == 1
     assert outcome.status == "failed" and outcome.error.startswith("training: data.attributes")
     assert "https://kfp.example.org/#/runs/details/r-1" in outcome.error
+
+
+def test_multi_gpu_train_tasks_get_shared_memory_placement_and_a_checkpoint_root(tmp_path):
+    from kfp import compiler
+
+    from pipelines.dag import Placement, make_pipeline
+
+    def platform_of(gpus: int) -> dict:
+        placement = Placement({"nvidia.com/gpu.product": "A100"}, ("nvidia.com/gpu:NoSchedule",))
+        path = tmp_path / f"g{gpus}.yaml"
+        compiler.Compiler().compile(make_pipeline(gpus=gpus, placement=placement), str(path))
+        ir, platform = list(yaml.safe_load_all(path.read_text()))
+        return ir, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+    ir, executors = platform_of(2)
+    train = executors["exec-train"]
+    assert train["emptyDirMounts"][0]["mountPath"] == "/dev/shm" and train["emptyDirMounts"][0]["medium"] == "Memory"
+    assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "A100"}
+    assert train["tolerations"][0]["key"] == "nvidia.com/gpu" and train["tolerations"][0]["operator"] == "Exists"
+    env = {e["name"]: e["value"] for e in ir["deploymentSpec"]["executors"]["exec-train"]["container"]["env"]}
+    assert env["ANET_EXPECT_GPUS"] == "2" and env["ANET_CHECKPOINT_ROOT"].startswith("/mnt/anet/")
+    assert "emptyDirMounts" not in platform_of(1)[1]["exec-train"]  # one GPU: no NCCL, no extra shm

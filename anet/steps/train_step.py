@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from anet.config import ExperimentConfig
 from anet.data.cache import PreparedDataset
 from anet.errors import UserError
 from anet.evaluation.in_training import make_eval_fn
-from anet.io import atomic_write_text
+from anet.io import atomic_path, atomic_write_text
 from anet.mlops.optuna_bridge import pruning_callback_from_json
 from anet.mlops.pretrained import PretrainedWeights, pretrained_tags, resolve_pretrained
 from anet.mlops.step_tracking import step_run
@@ -49,6 +52,7 @@ def train(config_json: str, dataset_descriptor: str, stage_name: str, out_dir: s
     args = dict(config_json=config_json, dataset_descriptor=dataset_descriptor, stage_name=stage_name,
                 out_dir=out_dir, init_from=init_from, parent_run_id=parent_run_id, trial_json=trial_json)
     cfg = ExperimentConfig.from_json(config_json)
+    check_gpus(int(os.environ.get("ANET_EXPECT_GPUS", "0") or 0))
     # resolved before torchrun starts, so every rank finds the weights already in the cache
     weights = resolve_pretrained(cfg.model.pretrained) if not init_from else None
     nproc = int(os.environ.get("ANET_NPROC", "1") or 1)
@@ -66,9 +70,12 @@ def train(config_json: str, dataset_descriptor: str, stage_name: str, out_dir: s
         callbacks: list[Callback] = [EpochLogCallback(), *tracker.callbacks()]
         if trial_json and rank0:
             callbacks.append(pruning_callback_from_json(trial_json, metric=cfg.registry.primary_metric))
-        result = _run_stage(cfg, descriptor, stage_name, out, init_from, callbacks, weights,
+        work = stage_dir(out, stage_name, parent_run_id)
+        log.info("%s on %s; checkpoints in %s", stage_name, describe_device(cfg), work)
+        result = _run_stage(cfg, descriptor, stage_name, work, init_from, callbacks, weights,
                             with_eval=bool(trial_json))
-    summary = {"checkpoint": str(result.checkpoint), "pruned": result.stopped == "pruned",
+    checkpoint = _publish(result.checkpoint, out) if rank0 else result.checkpoint
+    summary = {"checkpoint": str(checkpoint), "pruned": result.stopped == "pruned",
                "epochs_run": int(result.epochs_run), "stopped": result.stopped}
     return _finish_train(out, summary) if rank0 else summary
 
@@ -83,6 +90,39 @@ def _run_stage(cfg: ExperimentConfig, descriptor: dict[str, Any], stage_name: st
     return run_stage(cfg, descriptor["cache_dir"], stage_name, out, init_from=init, callbacks=callbacks,
                      eval_fn=eval_fn, progress=False, pretrained=weights.path if weights else None,
                      provenance=pretrained_tags(weights) if weights else None)
+
+
+def check_gpus(expected: int) -> None:
+    """A task that requested GPUs must see them: never a silent CPU run on a GPU node."""
+    visible = torch.cuda.device_count()
+    if expected and visible < expected:
+        raise UserError(f"this train task requested {expected} GPU(s) but torch sees {visible} (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, torch {torch.__version__}); check the "
+                        "node's NVIDIA device plugin and that the image has a CUDA build of torch (TORCH_SPEC)")
+
+
+def describe_device(cfg: ExperimentConfig) -> str:
+    """The device this process trains on, for the step log."""
+    if cfg.runtime.device != "cpu" and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count} x {torch.cuda.get_device_name(0)} ({cfg.runtime.precision})"
+    return f"CPU, {torch.get_num_threads()} threads ({cfg.runtime.precision})"
+
+
+def stage_dir(out: Path, stage_name: str, parent_run_id: str | None) -> Path:
+    """Where the stage writes last.pt/final.pt: on a cluster ``$ANET_CHECKPOINT_ROOT/<run>/<stage>`` on
+    the PVC, so a retried task (a new pod, same pipeline run) resumes instead of starting over."""
+    root = os.environ.get("ANET_CHECKPOINT_ROOT")
+    return Path(root) / parent_run_id / stage_name if root and parent_run_id else out
+
+
+def _publish(checkpoint: Path, out: Path) -> Path:
+    """The final checkpoint inside the step's output artifact (copied from the PVC when it lives there)."""
+    target = out / checkpoint.name
+    if checkpoint.resolve() != target.resolve() and checkpoint.is_file():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(checkpoint, tmp)
+    return target if target.is_file() else checkpoint
 
 
 def _finish_train(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
