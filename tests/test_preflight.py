@@ -205,6 +205,15 @@ def test_corrupt_archives_are_one_line_naming_the_archive(tmp_path, capsys, make
     assert os.listdir(tmp_path / "data") == []  # the staging folder is gone, nothing was moved in
 
 
+def test_a_downloaded_archive_is_named_by_its_source(tmp_path):
+    """A copy fetched from S3 sits in a staging folder that is gone when the user reads the line."""
+    from anet.data.archive import extract_archive
+
+    archive = _cut(_zip(tmp_path / "VeRi.zip"), 0.6)
+    with pytest.raises(UserError, match=r"^s3://datasets/VeRi\.zip: not a readable zip file \(File is not a zip"):
+        extract_archive(archive, tmp_path / "out", label="s3://datasets/VeRi.zip")
+
+
 # --------------------------------------------------------------------------- S3 that never answers
 @pytest.fixture()
 def silent_endpoint():

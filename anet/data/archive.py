@@ -70,18 +70,28 @@ def _check_link(archive: Path, name: str, target: str, base: str | None = None) 
                         "refusing to extract this archive")
 
 
-def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Check every member, then extract ``archive`` into ``dest`` (created). Returns ``dest``."""
+def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str], label: str | None = None) -> Path:
+    """Check every member, then extract ``archive`` into ``dest`` (created). Returns ``dest``.
+
+    ``label`` names the archive in error lines instead of its local path (``s3://bucket/VeRi.zip`` for
+    a downloaded copy in a staging folder that is gone when the user reads the line).
+    """
     archive, dest = Path(archive), Path(dest)
-    if not archive.is_file():
-        raise UserError(f"{archive}: no such archive file")
-    dest.mkdir(parents=True, exist_ok=True)
-    if archive.name.lower().endswith(".zip"):
-        _extract_zip(archive, dest)
-    elif is_archive(archive.name):
-        _extract_tar(archive, dest)
-    else:
-        raise UserError(f"{archive}: not a supported archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    try:
+        if not archive.is_file():
+            raise UserError(f"{archive}: no such archive file")
+        dest.mkdir(parents=True, exist_ok=True)
+        if archive.name.lower().endswith(".zip"):
+            _extract_zip(archive, dest)
+        elif is_archive(archive.name):
+            _extract_tar(archive, dest)
+        else:
+            raise UserError(f"{archive}: not a supported archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    except UserError as exc:
+        text = str(exc)
+        if label and text.startswith(f"{archive}: "):
+            raise UserError(f"{label}: {text[len(str(archive)) + 2:]}") from None
+        raise
     return dest
 
 

@@ -4,8 +4,9 @@ Without them a read-only cache folder, data folder or output folder surfaced as 
 traceback, and an unwritable ``anet train --out`` only after a full epoch (at the first checkpoint).
 Each problem is one :class:`~anet.errors.UserError` line naming the folder, the setting it comes from
 and what is wrong. Writability is tested by creating (and removing) a probe file, not with
-``os.access``: root passes ``os.access`` whatever the mode bits say, and ``os.access`` does not see
-every read-only mount or ACL; the probe sees what the run itself will see.
+``os.access``, which answers from this host's view of the mode bits: root passes it on any mode, also
+on an NFS share that squashes root, and a FUSE or object-store mount may refuse what it allowed. The
+probe meets what the run itself will meet.
 
 The values themselves (image size range, finite learning rates and loss weights) are checked by the
 config (:mod:`anet.config`); S3 endpoints by :func:`anet.mlops.s3.check_endpoint`.
