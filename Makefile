@@ -7,7 +7,12 @@ DATASET ?= synthetic
 PROFILE ?= $(DATASET)
 TRIALS ?= 8
 PARALLEL ?= 1
+SEEDS ?= 3
+# the ablation regime of the synthetic benchmark (configs/synthetic-wild.yaml); real datasets use their profile
+ABLATION_PROFILE ?= $(if $(filter synthetic,$(DATASET)),synthetic-wild,$(DATASET))
 VERSION ?=
+INDEX ?= runs/index
+PORT ?= 8000
 ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -15,7 +20,7 @@ JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /u
 # jemalloc avoids glibc's page-fault storm on large activations (+24% training, 2x inference measured here)
 RUN := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) ,)
 
-.PHONY: setup test test-fast lint pipeline-run pipeline-compile sweep promote bench ui docker-build clean help
+.PHONY: ablation data setup test test-fast drills lint pipeline-run pipeline-compile sweep promote bench ui serve image test-image clean help
 
 help:
 	@echo "make pipeline-run [DATASET=synthetic|veri776|veriwild|vehicleid]  run the whole pipeline"
@@ -28,7 +33,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,cluster]"
 	@touch $(STAMP)
 
 test: setup
@@ -37,6 +42,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not slow" $(ARGS)
 
+# kill -9 + resume schedule, tracking / S3 outages, up-front checks, leftovers; a table at the end (~15 min,
+# outside `make test`: drill files are tests/drills/drill_*.py)
+drills: setup
+	PYTHONPATH=tests $(RUN)$(PY) -m pytest -q -p drills.table -o python_files="drill_*.py test_*.py" tests/drills \
+		tests/test_tracking_outage.py tests/test_preflight.py tests/test_leftovers.py $(ARGS)
+
 lint: setup
 	$(PY) -m ruff check anet components pipelines tests bench
 	$(PY) -m pytest -q tests/test_layering.py
@@ -44,8 +55,15 @@ lint: setup
 pipeline-run: setup
 	$(RUN)$(PY) -m pipelines.run --dataset $(DATASET) --profile $(PROFILE) $(ARGS)
 
+# tasks pinned to the pushed image's digest when `make image PUSH=1` recorded one; ARGS e.g. --kfp-backend 2.2
 pipeline-compile: setup
-	$(PY) -m pipelines.compile --output pipelines/anet_pipeline.yaml $(ARGS)
+	$(PY) -m pipelines.compile --output pipelines/anet_pipeline.yaml $(if $(wildcard .cache/image/image.ref),--image "$$(cat .cache/image/image.ref)") $(ARGS)
+
+data: setup
+	$(PY) -m anet.cli data regenerate
+
+ablation: setup
+	$(RUN)$(PY) -m pipelines.ablation --dataset $(DATASET) --profile $(ABLATION_PROFILE) --seeds $(SEEDS) $(ARGS)
 
 sweep: setup
 	$(RUN)$(PY) -m pipelines.sweep --dataset $(DATASET) --profile $(PROFILE) --trials $(TRIALS) --parallel $(PARALLEL) $(ARGS)
@@ -57,11 +75,19 @@ promote: setup
 bench: setup
 	$(RUN)$(PY) -m bench.run $(ARGS)
 
+serve: setup
+	$(PY) -m anet serve --index $(INDEX) --port $(PORT) $(ARGS)
+
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
-docker-build:
-	docker build -f docker/Dockerfile --build-arg TORCH_SPEC="$(TORCH_SPEC)" -t $${ANET_IMAGE:-ghcr.io/anet-pipeline/anet:0.1.0} .
+# Docker when an engine answers, else buildah; IMAGE_TORCH=cpu|cuda, PUSH=1, ANET_IMAGE=name:tag (docker/README.md)
+image:
+	IMAGE_TORCH=$${IMAGE_TORCH:-cpu} bash docker/build.sh
+
+# cluster emulation (slow, not part of `make test`): every compiled task in the image as its non-root user
+test-image: setup image
+	ANET_IMAGE_TEST=1 $(PY) -m pytest -q -p no:cacheprovider -rsx tests/test_image.py $(ARGS)
 
 clean:
 	rm -rf .cache runs local_outputs

@@ -106,6 +106,7 @@ def test_all_steps_end_to_end_with_a_parent_run_the_pipeline_opens_itself(tmp_pa
     assert run.info.status == "FINISHED" and "eval/test/mAP" in run.data.metrics
     assert run.data.tags["anet.outcome"] == "succeeded" and run.data.tags["anet.model_version"] == "1"
     assert run.data.tags["anet.selection"] == "val" and run.data.tags["anet.primary_metric"] == "eval/val/mAP"
+    assert "dvc.data_hash" not in run.data.tags  # the smoke data was generated outside any DVC-tracked folder
     assert {"eval/val/mAP", "eval/test/mAP"} <= set(run.data.metrics) and reg["primary_metric"] == "eval/val/mAP"
     assert run.data.tags["data.fingerprint"] == steps.read_descriptor(tmp_path / "prep")["fingerprint"]
     stage_one = next(r for r in children if r.data.tags["anet.step"] == "train_stage_one")

@@ -53,7 +53,14 @@ def test_dvc_data_hash(tmp_path):
     with pytest.raises(UserError, match=r"data\.dvc.*not valid YAML"):
         lineage.dvc_data_hash(tmp_path)
     tags = lineage.lineage_tags(tmp_path.parent / "nowhere", fingerprint="fp1")
-    assert tags == {"git.commit": "unknown", "dvc.data_hash": "none", "data.fingerprint": "fp1"}
+    assert tags == {"git.commit": "unknown", "data.fingerprint": "fp1"}  # dvc.data_hash: only once verified
+
+
+def test_an_image_without_git_reports_the_commit_baked_into_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANET_GIT_COMMIT", "0a27493")
+    monkeypatch.setenv("ANET_IMAGE_REF", "registry.local/anet@sha256:abc")
+    tags = lineage.lineage_tags(tmp_path)
+    assert tags["git.commit"] == "0a27493" and tags["image.ref"] == "registry.local/anet@sha256:abc"
 
 
 def test_flatten_and_credential_filter():
@@ -153,7 +160,7 @@ def test_pipeline_run_with_nested_steps_metrics_and_model(uri, server, tmp_path)
     assert run.data.params["loss.lambda_a"] == "1.0" and run.data.params["data.dataset"] == "synthetic"
     assert run.data.params["lineage.data_fingerprint"] == "fp-123"
     assert run.data.tags["git.commit"] == lineage.git_commit(ROOT) == run.data.params["lineage.git_commit"]
-    assert run.data.tags["dvc.data_hash"] == lineage.dvc_data_hash(ROOT)
+    assert "dvc.data_hash" not in run.data.tags  # added by the prepare step once DVC verified the data
     assert run.data.tags["trigger"] == "test" and "aws_secret_access_key" not in run.data.tags
     config_file = mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="config/config.json",
                                                       dst_path=str(tmp_path / "dl"))

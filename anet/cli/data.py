@@ -4,6 +4,7 @@ Examples::
 
     anet data inspect veri776 data/veri776 --manifest runs/veri776.parquet
     anet data synth --out data/synthetic train_ids=40 seed=1
+    anet data regenerate                       # a fresh clone: data/synthetic from its seed, checked by DVC
     anet data synth --layout vehicleid --out /tmp/fake_vehicleid --profile smoke
     anet data import veriwild ~/Downloads/VERI-Wild.zip --data-dir data --no-push
     anet data import veri776 s3://datasets/VeRi.zip --overwrite
@@ -18,6 +19,7 @@ from anet.config import load_config
 from anet.data.manifest import Manifest
 from anet.data.readers import read_dataset
 from anet.errors import UserError
+from anet.mlops.dvc import default_remote, dvc, dvc_root, verified_data_hash
 from anet.mlops.importer import import_dataset
 from anet.steps.preflight import check_writable
 from anet.synthetic.generator import generate_synthetic, render_dataset
@@ -52,6 +54,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="overrides of data.synthetic, e.g. train_ids=20 seed=3")
     synth.set_defaults(func=synth_command)
 
+    regen = actions.add_parser("regenerate", help="regenerate the DVC-tracked synthetic data and check its hash",
+                               description="Render the synthetic dataset a profile uses from its seed into "
+                               "data.root, check it against the hash data.dvc tracks (DVC status), add it to "
+                               "the DVC cache and push it when a default remote is configured.")
+    regen.add_argument("--profile", default="synthetic", help="config profile (default: synthetic)")
+    regen.set_defaults(func=regenerate_command)
+
     imp = actions.add_parser("import", help="import a downloaded dataset into the data dir (and DVC)",
                              description="Check, copy and version a downloaded dataset.")
     imp.add_argument("dataset", choices=DATASETS)
@@ -60,6 +69,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
     imp.add_argument("--overwrite", action="store_true", help="replace an already imported copy")
     imp.set_defaults(func=import_command)
+
+
+def regenerate_command(args: argparse.Namespace) -> int:
+    """``anet data regenerate [--profile synthetic]``: what a fresh clone runs instead of ``dvc pull``."""
+    cfg = load_config(args.profile)
+    root = Path(cfg.data.root)
+    if cfg.data.dataset != "synthetic":
+        raise UserError(f"--profile {args.profile}: {cfg.data.dataset} is not generated; use `dvc pull` or "
+                        f"`anet data import {cfg.data.dataset} ...`")
+    repo = dvc_root(root.parent if root.parent.exists() else Path.cwd(), or_cwd=True)
+    if repo is None:
+        raise UserError(f"{root}: not inside a DVC repository; run this in the project checkout")
+    generate_synthetic(cfg.data.synthetic, root)
+    tracked = verified_data_hash(root)
+    if tracked is None:
+        raise UserError(f"{root}: regenerated, but {repo}/data.dvc does not track exactly this (another dataset "
+                        "under data/, or a renderer that changed): `dvc status` shows the difference; "
+                        "`dvc add data` records the new state")
+    dvc(repo, "commit", "--force", "data.dvc")  # the verified files into the DVC cache
+    pushed = bool(default_remote(repo)) and bool(dvc(repo, "push", "data.dvc") or True)
+    print(f"{root}: matches data.dvc ({tracked}); in the DVC cache" + ("; pushed to the default remote" if pushed
+                                                                        else ""))
+    return 0
 
 
 def inspect_command(args: argparse.Namespace) -> int:

@@ -9,11 +9,14 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from anet.errors import UserError
 
@@ -80,3 +83,39 @@ def dvc_pull(root: Path) -> None:
     except UserError as exc:
         raise UserError(f"{exc}; check the remote and credentials (AWS_*), or import the data with "
                         "`anet data import ...`") from None
+
+
+def verified_data_hash(root: Path) -> str | None:
+    """The md5 DVC tracks for the data under ``root``, only if what is on disk is exactly that.
+
+    None when ``root`` is not inside a DVC-tracked output, or when ``dvc status`` reports a
+    difference (generated or edited data that was never added): MLflow then records no hash
+    rather than one for data DVC never saw.
+    """
+    repo = dvc_root(root.parent if root.parent.exists() else Path.cwd(), or_cwd=True)
+    if repo is None or not root.exists():
+        return None
+    for dvc_file in sorted(p for p in repo.glob("*.dvc") if p.is_file()):
+        out = _tracked_output(dvc_file)
+        if out is None or not _inside(root.resolve(), (repo / out[0]).resolve()):
+            continue
+        try:
+            status = json.loads(dvc(repo, "status", "--json", dvc_file.name) or "{}")
+        except (UserError, ValueError):
+            return None
+        return None if status else out[1]
+    return None
+
+
+def _tracked_output(dvc_file: Path) -> tuple[str, str] | None:
+    """``(path, md5)`` of a .dvc file's first output."""
+    try:
+        doc = yaml.safe_load(dvc_file.read_text())
+        out = doc["outs"][0]
+        return str(out["path"]), str(out["md5"])
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents

@@ -38,8 +38,8 @@ def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str:
     """
     repo = Path(repo_dir) if repo_dir is not None else default_repo_dir()
     head = _git(repo, "rev-parse", "--verify", "HEAD")
-    if head is None:
-        return UNKNOWN_COMMIT
+    if head is None:  # the image has no .git: its build baked the commit in (docker/Dockerfile)
+        return os.environ.get("ANET_GIT_COMMIT") or UNKNOWN_COMMIT
     status = _git(repo, "status", "--porcelain", "--untracked-files=no")
     return f"{head}+dirty" if status else head
 
@@ -84,8 +84,14 @@ def dataset_fingerprint(cache_dir: str | os.PathLike[str]) -> str:
 
 
 def lineage_tags(repo_dir: str | os.PathLike[str] | None = None, fingerprint: str | None = None) -> dict[str, str]:
-    """The lineage tags every run and model version carries (``data.fingerprint`` only when known)."""
-    tags = {"git.commit": git_commit(repo_dir), "dvc.data_hash": dvc_data_hash(repo_dir)}
+    """The lineage tags every run and model version carries: the commit, the image the steps ran in
+    (``image.ref`` from ``$ANET_IMAGE_REF``, set on every task by ``pipelines.compile``, and the
+    build's date), ``data.fingerprint`` when known. ``dvc.data_hash`` is added by the prepare step
+    only once it has checked that the data on disk is what DVC tracks (:func:`anet.mlops.dvc.verified_data_hash`)."""
+    tags = {"git.commit": git_commit(repo_dir)}
+    for env, tag in (("ANET_IMAGE_REF", "image.ref"), ("ANET_BUILD_DATE", "image.build_date")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
     if fingerprint:
         tags["data.fingerprint"] = fingerprint
     return tags

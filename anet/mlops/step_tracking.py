@@ -37,6 +37,9 @@ class StepTracker:
                               **{f"data/rows/{k}": v for k, v in counts.items()}}, run_id=self.run_id)
         tracking.log_lineage(self.run_id, descriptor["fingerprint"])
         tracking.log_lineage(str(self.parent_run_id), descriptor["fingerprint"])
+        if descriptor.get("dvc_data_hash"):  # only a hash DVC verified for the data this run used
+            for run_id in (self.run_id, str(self.parent_run_id)):
+                set_tags(run_id, {"dvc.data_hash": descriptor["dvc_data_hash"]})
 
     def tag_parent(self, tags: dict[str, Any]) -> None:
         """Set tags on the pipeline's parent run (outcome, model version, pruned, failed step)."""

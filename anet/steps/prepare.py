@@ -19,7 +19,7 @@ from anet.data.readers import read_dataset
 from anet.data.validation import hold_out_validation
 from anet.errors import UserError
 from anet.io import atomic_write_text
-from anet.mlops.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks
+from anet.mlops.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks, verified_data_hash
 from anet.mlops.pretrained import resolve_pretrained
 from anet.mlops.step_tracking import step_run
 from anet.steps.common import DESCRIPTOR, progress_enabled, reported_step
@@ -130,6 +130,7 @@ def prepare_data(out_dir: str, *, config_json: str | None = None, profile: str =
             "fingerprint": prepared.fingerprint, "vocab": prepared.manifest.vocab,
             "num_train_ids": int(prepared.manifest.num_train_ids()), "images": int(len(frame)),
             "quarantined": int(len(prepared.quarantine)), "config_digest": cfg.digest(),
+            "dvc_data_hash": verified_data_hash(Path(cfg.data.root)),
         }
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out_dir) / DESCRIPTOR, json.dumps(descriptor, indent=2, sort_keys=True))
