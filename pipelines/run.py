@@ -25,17 +25,13 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kfp
 from kfp import local
 
 from anet import steps
@@ -45,31 +41,11 @@ from anet.logs import setup_logging
 from anet.mlops import doctor, liveness, s3, tracking
 from anet.mlops.pretrained import resolve_pretrained
 from anet.steps.preflight import check_run_paths
-from pipelines.compile import compile_pipeline
+from pipelines.cluster import kfp_client, run_on_cluster
 from pipelines.dag import CLUSTER_CACHE_ROOT, local_pipeline
+from pipelines.outcome import PipelineOutcome, failure_reason, format_summary, make_outcome
 
 log = logging.getLogger("pipelines.run")
-TASK_NAMES = {"prepare": "prepare data", "train": "training", "evaluate": "evaluate", "register": "register model"}
-KFP_TERMINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@dataclass(frozen=True)
-class PipelineOutcome:
-    """What one pipeline run produced (the sweep reads it)."""
-
-    status: str  # "succeeded" | "failed" | "pruned"
-    parent_run_id: str | None
-    metrics: dict[str, float]
-    primary_metric: str
-    primary_value: float | None
-    model_version: str | None
-    champion: bool
-    error: str | None
-    decision: str | None = None
-    output_dir: str | None = None
-    tracking_uri: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrides: Mapping[str, Any] | None = None,
@@ -100,7 +76,7 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
     if on_cluster and not uri.startswith(("http://", "https://", "databricks")):
         raise UserError(f"MLFLOW_TRACKING_URI={tracking.redact_url(uri)} is a store on this machine: pods on the "
                         "cluster cannot reach it; set it to your tracking server (http(s)://...)")
-    client = _kfp_client() if on_cluster else None
+    client = kfp_client() if on_cluster else None
     try:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # the step subprocesses inherit it (same store, absolute)
         run_tags = {**(tags or {}), **_trial_tags(trial),
@@ -111,7 +87,7 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
         try:
             with liveness.sigterm_raises():
                 if client is not None:
-                    outcome = _run_on_cluster(client, arguments, cfg.registry.primary_metric, parent, echo)
+                    outcome = run_on_cluster(client, arguments, cfg.registry.primary_metric, parent, echo)
                 else:
                     outcome = _run_locally(arguments, cfg.registry.primary_metric, parent, Path(pipeline_root), echo)
         except BaseException as exc:  # interrupted, or the runner itself broke: never leave the run RUNNING
@@ -187,111 +163,16 @@ def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Pat
         try:
             summary, error = json.loads(local_pipeline(**arguments).output), None
         except RuntimeError as exc:  # kfp.local's way of saying that a task failed
-            summary, error = {}, _failure(parent, str(exc))
+            summary, error = {}, failure_reason(parent, str(exc))
     new = sorted((p for p in root.iterdir() if p.name not in before), key=lambda p: p.stat().st_mtime)
     _say(echo, f"pipeline finished in {time.monotonic() - started:.0f} s")
-    return _outcome(summary, error, primary, parent, str(new[-1]) if new else None)
-
-
-def _failure(parent: str, kfp_message: str) -> str:
-    """The failing step and its one-line reason, as the step recorded it on the parent run."""
-    recorded = steps.pipeline_outcome(parent)
-    if recorded.get("failed_step"):
-        return f"{TASK_NAMES.get(recorded['failed_step'], recorded['failed_step'])}: {recorded['error']}"
-    return f"{_ANSI.sub('', kfp_message)} (the step recorded no reason; see its log above)"
-
-
-def _outcome(summary: dict[str, Any], error: str | None, primary: str, parent: str,
-             out_dir: str | None) -> PipelineOutcome:
-    status = "failed" if error else ("pruned" if summary.get("status") == "pruned" else "succeeded")
-    return PipelineOutcome(
-        status=status, parent_run_id=parent, metrics=dict(summary.get("metrics", {})),
-        primary_metric=summary.get("primary_metric", primary), primary_value=summary.get("primary_value"),
-        model_version=summary.get("model_version"), champion=bool(summary.get("champion", False)), error=error,
-        decision=summary.get("decision"), output_dir=out_dir,
-    )
-
-
-# --------------------------------------------------------------------------- cluster (KFP_HOST)
-def _kfp_client() -> Any:
-    """``kfp.Client`` for ``KFP_HOST`` (bearer token from ``KFP_TOKEN``); one line when unreachable."""
-    host = os.environ["KFP_HOST"]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None,
-                              namespace=os.environ.get("KFP_NAMESPACE") or "kubeflow")
-    except Exception as exc:  # kfp raises urllib3/kube errors with pages of text
-        raise UserError(f"Kubeflow Pipelines at {host} is unreachable ({type(exc).__name__}); check KFP_HOST "
-                        "and KFP_TOKEN") from None
-
-
-def _run_on_cluster(client: Any, arguments: dict[str, Any], primary: str, parent: str, echo: bool) -> PipelineOutcome:
-    """Submit the compiled pipeline, follow it to the end, read the outcome from the MLflow parent run."""
-    host = os.environ["KFP_HOST"]
-    with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / "anet_pipeline.yaml", gpus=int(os.environ.get("ANET_GPUS", "1")))
-        run = client.create_run_from_pipeline_package(str(package), arguments=arguments,
-                                                      experiment_name=os.environ.get("KFP_EXPERIMENT")
-                                                      or f"anet-{arguments['dataset']}",
-                                                      namespace=os.environ.get("KFP_NAMESPACE") or None,
-                                                      run_name=f"anet-{arguments['dataset']}-{parent[:8]}")
-    _say(echo, f"submitted run {run.run_id} to {host}")
-    state = _follow(client, run.run_id, echo)
-    link = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
-    error = None if state == "SUCCEEDED" else f"Kubeflow run {run.run_id} ended {state}; see {link}"
-    recorded = steps.pipeline_outcome(parent)
-    if error and recorded.get("failed_step"):
-        error = f"{TASK_NAMES.get(recorded['failed_step'], recorded['failed_step'])}: {recorded['error']} ({link})"
-    summary = {**recorded, "primary_metric": primary, "primary_value": recorded["metrics"].get(primary),
-               "status": "pruned" if recorded["pruned"] else "succeeded"}
-    return _outcome(summary, error, primary, parent, link)
-
-
-def _follow(client: Any, run_id: str, echo: bool, poll_s: float = 10.0) -> str:
-    """Poll the run, print every state change, return the terminal state."""
-    last = None
-    while True:
-        state = str(client.get_run(run_id).state or "PENDING").upper()
-        if state != last:
-            _say(echo, f"{time.strftime('%H:%M:%S')} run {run_id}: {state}")
-            last = state
-        if state in KFP_TERMINAL:
-            return state
-        time.sleep(poll_s)
+    return make_outcome(summary, error, primary, parent, str(new[-1]) if new else None)
 
 
 # --------------------------------------------------------------------------- CLI
 def _say(echo: bool, text: str) -> None:
     if echo:
         log.info("%s", text)
-
-
-def format_summary(outcome: PipelineOutcome) -> str:
-    """The final summary: metrics table, model version, champion decision, where to look."""
-    lines = [f"status: {outcome.status}"]
-    if outcome.error:
-        lines.append(f"error: {outcome.error}")
-    splits = sorted({k.split("/")[1] for k in outcome.metrics if k.count("/") == 2})
-    names = ["mAP", "R1", "R5", "R10", "mINP"]
-    if splits:
-        lines += ["", "| test set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for split in splits:
-            vals = [outcome.metrics.get(f"eval/{split}/{n}") for n in names]
-            lines.append(f"| {split} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
-        lines.append("")
-    if outcome.primary_value is not None:
-        lines.append(f"primary metric {outcome.primary_metric} = {outcome.primary_value:.4f}")
-    if outcome.model_version:
-        verdict = "became champion" if outcome.champion else "not champion"
-        lines.append(f"model version: {outcome.model_version} ({verdict}; decision: {outcome.decision})")
-    if outcome.parent_run_id:
-        lines.append(f"MLflow run: {outcome.parent_run_id}  (tracking URI {outcome.tracking_uri})")
-        ui = outcome.tracking_uri or ""
-        lines.append("look: " + (f"open {ui}" if ui.startswith("http") else "make ui  ->  http://127.0.0.1:5000"))
-    if outcome.output_dir:
-        lines.append(f"step outputs: {outcome.output_dir}")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

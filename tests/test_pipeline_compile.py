@@ -92,7 +92,8 @@ def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeyp
     from anet import steps
     from anet.config import resolve_config
     from anet.mlops.step_tracking import record_step_failure
-    from pipelines import run as runner
+    from pipelines import cluster as runner
+    from pipelines.run import dag_arguments
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     cfg = resolve_config("smoke", dataset="veri776")
@@ -112,9 +113,9 @@ def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeyp
 
     monkeypatch.setenv("KFP_HOST", "https://kfp.example.org")
     monkeypatch.setattr(runner.time, "sleep", lambda s: None)
-    arguments = runner.dag_arguments(cfg, "smoke", parent, None, promote=True)
+    arguments = dag_arguments(cfg, "smoke", parent, None, promote=True)
     with caplog.at_level("INFO", logger="pipelines.run"):
-        outcome = runner._run_on_cluster(KubeflowApi(), arguments, "eval/test/mAP", parent, echo=True)
+        outcome = runner.run_on_cluster(KubeflowApi(), arguments, "eval/test/mAP", parent, echo=True)
     declared = set(submitted["ir"]["root"]["inputDefinitions"]["parameters"])
     assert set(submitted["arguments"]) <= declared, set(submitted["arguments"]) - declared
     assert submitted["arguments"]["lambda_g"] == cfg.loss.lambda_g and submitted["experiment"] == "anet-veri776"
