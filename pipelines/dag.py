@@ -47,6 +47,8 @@ SECRETS: dict[str, tuple[dict[str, str], bool]] = {  # secret name -> (key -> en
     "anet-s3": ({k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}, False),
     "anet-mlflow": ({"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}, False),
     "anet-mlflow-auth": ({k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}, True),
+    # sweeps: the Optuna storage URL with its credentials (train steps report to their trial)
+    "anet-optuna": ({"OPTUNA_STORAGE": "OPTUNA_STORAGE"}, True),
 }
 
 

@@ -33,7 +33,15 @@ from anet.errors import UserError, run_guarded
 from anet.io import pid_alive
 from anet.logs import setup_logging
 from anet.mlops import tracking
-from anet.mlops.optuna_bridge import TrialRef, open_storage, redact, storage_url
+from anet.mlops.optuna_bridge import (
+    STORAGE_ENV,
+    TrialRef,
+    cluster_storage_problem,
+    open_storage,
+    public_storage,
+    redact,
+    storage_url,
+)
 from pipelines.run import run_pipeline
 from pipelines.sweep_report import finish_sweep
 
@@ -68,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.study_name = args.study_name or f"anet-{args.dataset}-lambdas"
     args.overrides = parse_overrides(args.overrides)
     args.storage = storage_url(args.storage, Path(args.out))
+    if os.environ.get("KFP_HOST") and (problem := cluster_storage_problem(args.storage)):
+        raise UserError(f"a sweep on a cluster: {problem}")
+    os.environ[STORAGE_ENV] = args.storage  # inherited by workers and their pipeline steps, never a parameter
     if args.trials < 1 or args.parallel < 1:
         raise UserError("--trials and --parallel must be at least 1")
     return args
@@ -166,7 +177,8 @@ def run_one_trial(study: Any, args: argparse.Namespace) -> str:
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
     settings = suggest(trial, search_space(args), args.tune_lr).model_copy(update={"seed": args.seed})
-    ref = TrialRef(args.study_name, args.storage, trial._trial_id, trial.number, pruner_spec(args))
+    # the trial travels as a run parameter: never with the storage's password (steps read $OPTUNA_STORAGE)
+    ref = TrialRef(args.study_name, public_storage(args.storage), trial._trial_id, trial.number, pruner_spec(args))
     tags = {"optuna.study": args.study_name, "optuna.trial_number": str(trial.number)}
     try:
         outcome = run_pipeline(dataset=args.dataset, profile=args.profile,

@@ -47,8 +47,10 @@ class MlflowServer:
     it back with all runs and models (~20 s: uvicorn and MLflow start up again).
     """
 
-    def __init__(self, tmp_path: Path, s3_endpoint: str | None = None, timeout: float = 90.0):
+    def __init__(self, tmp_path: Path, s3_endpoint: str | None = None, timeout: float = 90.0,
+                 backend_store_uri: str | None = None):
         tmp_path.mkdir(parents=True, exist_ok=True)
+        self.backend = backend_store_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
         self.tmp_path, self.timeout, self.port = tmp_path, timeout, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "ANET_"))}
@@ -64,8 +66,8 @@ class MlflowServer:
         """Start the server (if it is not running) and wait until /health answers; returns its URL."""
         if self.proc is not None and self.proc.poll() is None:
             return self.url
-        cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri",
-               f"sqlite:///{self.tmp_path / 'mlflow.db'}", "--artifacts-destination", self.destination,
+        cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
+               "--artifacts-destination", self.destination,
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         log_path = self.tmp_path / "mlflow-server.log"
         with open(log_path, "ab") as log:
@@ -82,9 +84,10 @@ class MlflowServer:
 
 
 @contextlib.contextmanager
-def mlflow_server_handle(tmp_path: Path, s3_endpoint: str | None = None, timeout: float = 90.0) -> Iterator[MlflowServer]:
+def mlflow_server_handle(tmp_path: Path, s3_endpoint: str | None = None, timeout: float = 90.0,
+                         backend_store_uri: str | None = None) -> Iterator[MlflowServer]:
     """A started :class:`MlflowServer`, killed afterwards (the test may stop and restart it)."""
-    server = MlflowServer(tmp_path, s3_endpoint, timeout)
+    server = MlflowServer(tmp_path, s3_endpoint, timeout, backend_store_uri)
     try:
         server.start()
         yield server
@@ -93,13 +96,14 @@ def mlflow_server_handle(tmp_path: Path, s3_endpoint: str | None = None, timeout
 
 
 @contextlib.contextmanager
-def mlflow_server(tmp_path: Path, s3_endpoint: str | None = None, timeout: float = 90.0) -> Iterator[str]:
+def mlflow_server(tmp_path: Path, s3_endpoint: str | None = None, timeout: float = 90.0,
+                  backend_store_uri: str | None = None) -> Iterator[str]:
     """Start ``mlflow server`` with a sqlite store in ``tmp_path``; yield its URL; kill it afterwards.
 
     With ``s3_endpoint`` the server proxies artifacts to ``s3://mlflow-artifacts/mlflow`` there
     (bucket created here); otherwise artifacts go to ``tmp_path/artifacts``.
     """
-    with mlflow_server_handle(tmp_path, s3_endpoint, timeout) as server:
+    with mlflow_server_handle(tmp_path, s3_endpoint, timeout, backend_store_uri) as server:
         yield server.url
 
 

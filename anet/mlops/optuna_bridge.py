@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,36 @@ def open_storage(url: str) -> Any:
         raise UserError(f"cannot open Optuna storage {redact(url)}: {str(exc).splitlines()[0]}") from None
 
 
+STORAGE_ENV = "OPTUNA_STORAGE"
+
+
+def public_storage(url: str) -> str:
+    """The storage URL as it may travel in a run parameter: any password masked (:func:`redact`)."""
+    return redact(url)
+
+
+def storage_for(ref: TrialRef) -> str:
+    """The real storage URL of a trial reference: the reference's, unless its password was masked, in
+    which case ``$OPTUNA_STORAGE`` (a Kubernetes secret on a cluster) must name the same database."""
+    if "***@" not in ref.storage:
+        return ref.storage
+    real = os.environ.get(STORAGE_ENV, "")
+    if not real:
+        raise UserError(f"trial {ref.trial_number} of {ref.study_name}: its storage {ref.storage} needs credentials; "
+                        f"set {STORAGE_ENV} (on a cluster: the secret anet-optuna, key {STORAGE_ENV})")
+    if redact(real) != ref.storage:
+        raise UserError(f"{STORAGE_ENV}={redact(real)} is not the sweep's storage {ref.storage}")
+    return real
+
+
+def cluster_storage_problem(url: str) -> str | None:
+    """Why ``url`` cannot hold a sweep whose trials run in pods (None when it can)."""
+    if url.startswith(("sqlite", "journal:")):
+        return (f"{redact(url)} is a file on this machine, which pods on the cluster cannot reach; set "
+                f"{STORAGE_ENV} to a database they reach (postgresql://..., mysql://..., redis://...)")
+    return None
+
+
 def redact(url: str) -> str:
     """Hide a password in a storage URL before it is printed or logged."""
     if "@" not in url or "://" not in url:
@@ -137,7 +168,7 @@ class OptunaPruningCallback(Callback):
 
         self.ref = ref
         self.metric = metric
-        storage = open_storage(ref.storage)
+        storage = open_storage(storage_for(ref))
         study = optuna.load_study(study_name=ref.study_name, storage=storage, pruner=build_pruner(ref.pruner))
         self._trial = optuna.trial.Trial(study, ref.trial_id)
         self._storage = storage
