@@ -9,10 +9,10 @@ Example::
 
 Two forms (docker/README.md has the table):
 
-* backend >= 2.15 (default): what kfp 2.17 writes, plus an *optional* ``anet-mlflow-auth`` secret;
+* backend >= 2.15 (default): what kfp 2.17 writes, with *optional* secrets (``anet-mlflow-auth``);
 * backend 2.2 - 2.14 (``--kfp-backend 2.2``, Kubeflow 1.9/1.10): those drivers reject (< 2.5) or drop
   (2.5 - 2.14) fields their protos lack: secrets by plain name (no ``secretNameParameter``, no
-  ``optional``; ``anet-mlflow-auth`` left out unless ``--mlflow-auth required``), the PVC by its
+  ``optional``; optional secrets left out unless ``--require-secret NAME``), the PVC by its
   input parameter (no ``pvcNameParameter``), numeric resources only, no ``securityContext``
   (kubeflow/pipelines#12495, #11935).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from components import IMAGE
-from pipelines.dag import SECRETS, make_pipeline
+from pipelines.dag import SECRETS, Placement, make_pipeline
 
 CURRENT_BACKEND = (2, 15)  # the oldest backend that honours every field of the default form
 OLDEST_BACKEND = (2, 2)
@@ -40,42 +40,55 @@ DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 LEGACY_K8S_FIELDS = {"secretAsVolume", "secretAsEnv", "pvcMount", "nodeSelector", "podMetadata", "imagePullSecret",
                      "imagePullPolicy", "configMapAsVolume", "configMapAsEnv", "activeDeadlineSeconds",
                      "fieldPathAsEnv", "tolerations", "genericEphemeralVolume", "nodeAffinity", "podAffinity"}
+# ... and the ones later backends added that the form keeps from that version on
+K8S_FIELDS_SINCE = {"emptyDirMounts": (2, 3), "enabledSharedMemory": (2, 3)}
 LEGACY_DROPPED_K8S_FIELDS = {"securityContext"}  # hardening only: older backends run without it
 LEGACY_RESOURCE_FIELDS = {"cpuLimit", "memoryLimit", "cpuRequest", "memoryRequest"}
 
 
 def compile_pipeline(output: str | Path, gpus: int = 1, kfp_backend: str | None = None, image: str | None = None,
-                     mlflow_auth: str | None = None) -> Path:
+                     require_secrets: Sequence[str] = (), placement: Placement | None = None) -> Path:
     """Write the IR YAML for a pipeline with ``gpus`` GPUs per train task; returns the path.
 
     ``kfp_backend`` (e.g. ``"2.2"``) picks the form that backend accepts; ``image`` replaces every
-    task's image (e.g. ``name@sha256:...``); ``mlflow_auth`` is ``optional`` (default form only),
-    ``required`` or ``none`` for the ``anet-mlflow-auth`` secret.
+    task's image (e.g. ``name@sha256:...``); ``require_secrets`` names optional secrets of
+    :data:`pipelines.dag.SECRETS` to mount as required (the legacy form leaves the others out);
+    ``placement``: node selector and tolerations of the train tasks.
     """
     from kfp import compiler
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(make_pipeline(gpus=gpus), str(output))
-    legacy = kfp_backend is not None and backend_version(kfp_backend) < CURRENT_BACKEND
-    auth = mlflow_auth or ("none" if legacy else "optional")
-    if legacy and auth == "optional":
-        raise ValueError(f"KFP backend {kfp_backend} cannot mount an optional secret: use --mlflow-auth required|none")
-    if legacy or image or auth != "optional":
-        header, docs = _read(output)
-        ir, platform = docs[0], (docs[1] if len(docs) > 1 else None)
-        if image:
-            _set_image(ir, image)
+    compiler.Compiler().compile(make_pipeline(gpus=gpus, placement=placement), str(output))
+    return to_form(output, kfp_backend, image, require_secrets)
+
+
+def to_form(path: Path, kfp_backend: str | None = None, image: str | None = None,
+            require_secrets: Sequence[str] = ()) -> Path:
+    """Rewrite a compiled YAML in place for ``kfp_backend`` / ``image`` / ``require_secrets``; a no-op
+    (kfp's own bytes) when none is asked for."""
+    version = backend_version(kfp_backend) if kfp_backend else CURRENT_BACKEND
+    legacy = version < CURRENT_BACKEND
+    optional = {name for name, (_, is_optional) in SECRETS.items() if is_optional}
+    if set(require_secrets) - optional:
+        raise ValueError(f"--require-secret takes one of the optional secrets {sorted(optional)}, "
+                         f"not {sorted(set(require_secrets) - optional)}")
+    if not (legacy or image or require_secrets):
+        return path
+    header, docs = _read(path)
+    ir, platform = docs[0], (docs[1] if len(docs) > 1 else None)
+    if image:
+        _set_image(ir, image)
+    if platform is not None:
+        _set_optional_secrets(platform, optional, set(require_secrets), drop_others=legacy)
+    if legacy:
+        header.append(f"# Form: KFP backend {version[0]}.{version[1]} - 2.14 (pipelines.compile "
+                      f"--kfp-backend {kfp_backend})")
+        _legacy_resources(ir)
         if platform is not None:
-            _set_auth_secret(platform, auth)
-        if legacy:
-            header.append(f"# Form: KFP backend {OLDEST_BACKEND[0]}.{OLDEST_BACKEND[1]} - 2.14 (pipelines.compile "
-                          f"--kfp-backend {kfp_backend})")
-            _legacy_resources(ir)
-            if platform is not None:
-                _legacy_platform(platform)
-        _write(output, header, docs)
-    return output
+            _legacy_platform(platform, version)
+    _write(path, header, docs)
+    return path
 
 
 def backend_version(text: str) -> tuple[int, int]:
@@ -118,13 +131,13 @@ def _set_image(ir: dict, image: str) -> None:
             executor["container"]["image"] = image
 
 
-def _set_auth_secret(platform: dict, auth: str) -> None:
-    """Keep the optional secrets (``anet-mlflow-auth``) optional, make them required, or leave them out."""
-    optional = {name for name, (_, is_optional) in SECRETS.items() if is_optional}
+def _set_optional_secrets(platform: dict, optional: set[str], required: set[str], drop_others: bool) -> None:
+    """Mount the ``required`` optional secrets as required; leave the other optional ones out if asked."""
+    dropped = optional - required if drop_others else set()
     for config in _executor_configs(platform):
-        kept = [s for s in config.get("secretAsEnv", []) if auth != "none" or s.get("secretName") not in optional]
+        kept = [s for s in config.get("secretAsEnv", []) if s.get("secretName") not in dropped]
         for secret in kept:
-            if secret.get("secretName") in optional and auth == "required":
+            if secret.get("secretName") in required:
                 secret["optional"] = False
         config["secretAsEnv"] = kept
 
@@ -142,14 +155,19 @@ def _legacy_resources(ir: dict) -> None:
         executor["container"]["resources"] = kept
 
 
-def _legacy_platform(platform: dict) -> None:
-    """Secrets and PVCs by the fields KFP 2.2 reads; fail on anything that form cannot express."""
+def _legacy_platform(platform: dict, version: tuple[int, int]) -> None:
+    """Secrets and PVCs by the fields KFP 2.2 reads; fail on anything ``version`` cannot express."""
+    known = LEGACY_K8S_FIELDS | {name for name, since in K8S_FIELDS_SINCE.items() if version >= since}
     for config in _executor_configs(platform):
         for key in LEGACY_DROPPED_K8S_FIELDS & set(config):
             del config[key]
-        unknown = set(config) - LEGACY_K8S_FIELDS
+        unknown = set(config) - known
         if unknown:
-            raise ValueError(f"{sorted(unknown)} cannot be expressed for KFP backends older than 2.15")
+            needs = sorted(f"{n} (KFP >= {'.'.join(map(str, K8S_FIELDS_SINCE.get(n, CURRENT_BACKEND)))})"
+                           for n in unknown)
+            hint = "; emptyDirMounts is the /dev/shm of multi-GPU train tasks (--gpus 1 needs none)"
+            raise ValueError(f"KFP backend {version[0]}.{version[1]} cannot express {needs}"
+                             + (hint if "emptyDirMounts" in unknown else ""))
         config["secretAsEnv"] = [{"secretName": s["secretName"], "keyToEnv": s["keyToEnv"]}
                                  for s in config.get("secretAsEnv", [])]
         for mount in config.get("pvcMount", []):
@@ -168,8 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--legacy-ir", action="store_true", help="same as --kfp-backend 2.2")
     parser.add_argument("--image", help="image for every task, e.g. name@sha256:... (default: ANET_IMAGE)")
     parser.add_argument("--image-digest", metavar="SHA256", help="pin the tasks' image to this digest")
-    parser.add_argument("--mlflow-auth", choices=["optional", "required", "none"],
-                        help="the anet-mlflow-auth secret (default: optional; none with --kfp-backend < 2.15)")
+    parser.add_argument("--require-secret", action="append", default=[], metavar="NAME",
+                        help="mount this optional secret (e.g. anet-mlflow-auth) as required; repeatable. "
+                        "With --kfp-backend < 2.15 the optional secrets not named are left out")
     args = parser.parse_args(argv)
     if args.gpus < 0:
         parser.error("--gpus must be >= 0")
@@ -179,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.image_digest:
             image = pinned_image(image or IMAGE, args.image_digest)
         path = compile_pipeline(args.output, gpus=args.gpus, kfp_backend=backend, image=image,
-                                mlflow_auth=args.mlflow_auth)
+                                require_secrets=args.require_secret)
     except ValueError as exc:
         parser.error(str(exc))
     form = f"KFP backend {backend}" if backend else "KFP backend >= 2.15"

@@ -28,10 +28,10 @@ KFP22_RESOURCES = {"cpuLimit", "memoryLimit", "cpuRequest", "memoryRequest", "ac
 KFP22_ACCELERATOR = {"type", "count"}
 
 
-def _compile(tmp_path: Path, name: str, **kwargs) -> tuple[str, dict, dict]:
+def _compile(tmp_path: Path, name: str, gpus: int = 2, **kwargs) -> tuple[str, dict, dict]:
     from pipelines.compile import compile_pipeline
 
-    text = compile_pipeline(tmp_path / f"{name}.yaml", gpus=2, **kwargs).read_text()
+    text = compile_pipeline(tmp_path / f"{name}.yaml", gpus=gpus, **kwargs).read_text()
     ir, platform = yaml.safe_load_all(text)
     return text, ir, platform
 
@@ -47,7 +47,7 @@ def _containers(ir: dict) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, dict, dict]]:
     tmp = tmp_path_factory.mktemp("forms")
-    return {"default": _compile(tmp, "default"), "legacy": _compile(tmp, "legacy", kfp_backend="2.2")}
+    return {"default": _compile(tmp, "default", gpus=1), "legacy": _compile(tmp, "legacy", gpus=1, kfp_backend="2.2")}
 
 
 def test_default_form_is_what_kfp_writes_with_an_optional_auth_secret(forms):
@@ -79,7 +79,7 @@ def test_legacy_form_holds_only_fields_kfp_2_2_knows(forms):
         assert set(resources) <= KFP22_RESOURCES, name
         assert set(resources.get("accelerator", {})) <= KFP22_ACCELERATOR, name
     train = _containers(ir)["exec-train"]["resources"]
-    assert train["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}
+    assert train["accelerator"] == {"type": "nvidia.com/gpu", "count": "1"}
     assert train["cpuRequest"] == 8.0 and train["memoryRequest"] == 32.0
     for field in ("secretNameParameter", "pvcNameParameter", "optional:", "resourceCpuRequest", "securityContext"):
         assert field not in text, field
@@ -110,16 +110,33 @@ def test_both_forms_run_the_same_dag_commands_and_images(forms):
             container["command"], container["args"], container["image"])
 
 
-def test_auth_secret_can_be_required_or_left_out(tmp_path):
-    _, _, required = _compile(tmp_path, "required", kfp_backend="2.2", mlflow_auth="required")
-    assert [s["secretName"] for s in _k8s(required)["exec-train"]["secretAsEnv"]] == [
-        "anet-s3", "anet-mlflow", "anet-mlflow-auth"]
-    _, _, none = _compile(tmp_path, "none", mlflow_auth="none")
-    assert "anet-mlflow-auth" not in {s["secretName"] for s in _k8s(none)["exec-train"]["secretAsEnv"]}
-    with pytest.raises(ValueError, match="optional secret"):
-        _compile(tmp_path, "bad", kfp_backend="2.4", mlflow_auth="optional")
+def test_optional_secrets_are_left_out_or_required_by_name(tmp_path):
+    from pipelines.dag import SECRETS
+
+    optional = {name for name, (_, is_optional) in SECRETS.items() if is_optional}
+    assert "anet-mlflow-auth" in optional
+    _, _, required = _compile(tmp_path, "required", gpus=1, kfp_backend="2.2",
+                              require_secrets=["anet-mlflow-auth"])
+    secrets = _k8s(required)["exec-train"]["secretAsEnv"]
+    assert [s["secretName"] for s in secrets] == ["anet-s3", "anet-mlflow", "anet-mlflow-auth"]
+    assert all(set(s) == KFP22_SECRET_AS_ENV for s in secrets)
+    _, _, default_required = _compile(tmp_path, "default-required", require_secrets=["anet-mlflow-auth"])
+    flags = {s["secretName"]: s["optional"] for s in _k8s(default_required)["exec-train"]["secretAsEnv"]}
+    assert flags["anet-mlflow-auth"] is False and all(flags[name] for name in optional - {"anet-mlflow-auth"})
+    with pytest.raises(ValueError, match="optional secrets"):
+        _compile(tmp_path, "bad", require_secrets=["anet-s3"])
     with pytest.raises(ValueError, match="older than 2.2"):
         _compile(tmp_path, "old", kfp_backend="2.0")
+
+
+def test_multi_gpu_shared_memory_needs_kfp_2_3(tmp_path):
+    """2.2 cannot mount the memory-backed /dev/shm of multi-GPU train tasks; 2.3 - 2.14 keep it."""
+    with pytest.raises(ValueError, match=r"emptyDirMounts \(KFP >= 2.3\)"):
+        _compile(tmp_path, "gpus2-kfp22", gpus=2, kfp_backend="2.2")
+    text, _, platform = _compile(tmp_path, "gpus2-kfp23", gpus=2, kfp_backend="2.3")
+    assert "# Form: KFP backend 2.3 - 2.14" in text
+    assert _k8s(platform)["exec-train"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert "emptyDirMounts" not in _k8s(platform)["exec-evaluate"]
 
 
 def test_newer_backends_get_the_default_form(tmp_path):
@@ -135,7 +152,7 @@ def test_image_digest_pins_every_task(tmp_path):
     assert pinned_image(ref, "sha256:" + "cd" * 32).endswith("@sha256:" + "cd" * 32)
     with pytest.raises(ValueError, match="sha256"):
         pinned_image("registry.local/anet:0.1.0", "latest")
-    _, ir, _ = _compile(tmp_path, "pinned", kfp_backend="2.2", image=ref)
+    _, ir, _ = _compile(tmp_path, "pinned", gpus=1, kfp_backend="2.2", image=ref)
     assert {c["image"] for c in _containers(ir).values()} == {ref}
 
 

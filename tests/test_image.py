@@ -125,8 +125,8 @@ def test_non_root_user_writes_launcher_roots_and_the_pvc_after_its_init(image, p
         assert all(after[d] == "ok" for d in ROOTS if d != "/home/anet" or user == "1000:0"), (user, after)
 
 
-@pytest.mark.slow
-def test_compiled_pipeline_runs_task_by_task_in_the_image_and_registers(image, probe_container, tmp_path):
+def _run_smoke(image: str, pvc: Path, tmp_path: Path) -> tuple[list, list, dict]:
+    """The compiled default (KFP >= 2.15) form, task by task, against a real MLflow server."""
     from mlflow import MlflowClient
     from mlflow_server import mlflow_server
 
@@ -134,15 +134,14 @@ def test_compiled_pipeline_runs_task_by_task_in_the_image_and_registers(image, p
     from tools.buildah import BuildahTask
     from tools.kfp_emulator import run_pipeline
 
-    ir = compile_pipeline(tmp_path / "anet.yaml", image=image)  # the default (KFP >= 2.15) form
-    pvc = tmp_path / "pvc"
-    pvc.mkdir(mode=0o755)
-    _pvc_init(probe_container, pvc)
+    # a CPU image is for CPU nodes: its train tasks request no GPU (they would refuse to run on CPU)
+    gpus = 0 if json.loads(RECORD.read_text()).get("torch") == "cpu" else 1
+    ir = compile_pipeline(tmp_path / "anet.yaml", gpus=gpus, image=image)
     logs = tmp_path / "logs"
     logs.mkdir()
     runner = BuildahTask(image, volumes={str(pvc): "/mnt/anet"}, log_dir=logs)
     with mlflow_server(tmp_path / "mlflow") as url:
-        secrets = {"anet-mlflow": {"MLFLOW_TRACKING_URI": url},
+        secrets = {"anet-mlflow": {"MLFLOW_TRACKING_URI": url},  # no anet-mlflow-auth: it is optional
                    "anet-s3": {"AWS_ACCESS_KEY_ID": "unused", "AWS_SECRET_ACCESS_KEY": "unused",
                                "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}}
         start = time.monotonic()
@@ -151,8 +150,17 @@ def test_compiled_pipeline_runs_task_by_task_in_the_image_and_registers(image, p
         except RuntimeError as exc:
             failed = sorted(logs.glob("*.log"), key=lambda p: p.stat().st_mtime)[-1]
             pytest.fail(f"{exc}\n{failed.read_text()[-4000:]}")
-        wall = time.monotonic() - start
+        timing = {"wall_s": round(time.monotonic() - start, 1), **{k: round(v, 1) for k, v in runner.seconds.items()}}
         versions = MlflowClient(url).search_model_versions()
+    return runs, versions, timing
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_runs_task_by_task_in_the_image_and_registers(image, probe_container, tmp_path):
+    pvc = tmp_path / "pvc"
+    pvc.mkdir(mode=0o755)
+    _pvc_init(probe_container, pvc)
+    runs, versions, timing = _run_smoke(image, pvc, tmp_path)
     assert [r.name for r in runs] == ["prepare-data", "train", "train-2", "evaluate", "register-model"]
     assert all(r.argv[:2] == ["sh", "-ec"] and "--executor_input" in r.argv for r in runs)
     assert all(p.startswith("/minio/mlpipeline/v2/artifacts/") for r in runs for p in list(r.collect)[:1])
@@ -160,8 +168,10 @@ def test_compiled_pipeline_runs_task_by_task_in_the_image_and_registers(image, p
     assert registered["status"] == "succeeded" and registered["model_version"], registered
     assert [v.version for v in versions] == [str(registered["model_version"])]
     assert any((pvc / "cache").iterdir()), "the prepared cache should live on the PVC"
-    timing = {"wall_s": round(wall, 1), **{k: round(v, 1) for k, v in runner.seconds.items()}}
-    (ROOT / ".cache" / "image" / "emulation.json").write_text(json.dumps(
-        {"timing": timing, "git_commit_tag": versions[0].tags.get("git.commit")}, indent=1) + "\n")
-    print(f"cluster emulation: {timing}; registered version {registered['model_version']} "
-          f"(git.commit tag {versions[0].tags.get('git.commit')!r})")
+    commit_tag = versions[0].tags.get("git.commit")
+    (RECORD.parent / "emulation.json").write_text(json.dumps({"timing": timing, "git_commit_tag": commit_tag},
+                                                             indent=1) + "\n")
+    print(f"cluster emulation: {timing}; registered version {registered['model_version']} (git.commit {commit_tag})")
+    if commit_tag == "unknown":
+        pytest.xfail("anet.mlops.lineage.git_commit does not fall back to ANET_GIT_COMMIT yet (docker/README.md)")
+    assert commit_tag == json.loads(RECORD.read_text())["git_commit"]
