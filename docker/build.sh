@@ -8,6 +8,7 @@
 # Environment: ANET_IMAGE (name:tag), IMAGE_TORCH (cpu|cuda), ANET_ENGINE (docker|buildah),
 # STORAGE_DRIVER (buildah: vfs where overlay mounts are refused, e.g. inside an unprivileged container),
 # BASE (base image; buildah without one builds localhost/anet-base:bookworm with debootstrap),
+# TORCH_INDEX_URL (where the CPU torch wheel comes from; buildah: the host's pip config by default),
 # PUSH=1 (push, then write the registry digest). Writes .cache/image/image.json (engine, id,
 # digest, size, build seconds, commit) and, after a push, .cache/image/image.ref (name@sha256:...),
 # which `make pipeline-compile` pins the compiled tasks to.
@@ -47,7 +48,7 @@ args=(-f docker/Dockerfile -t "$IMAGE" --build-arg "LOCK=$LOCK" --build-arg "GIT
 
 build_docker() {
   local torch=(--build-arg "TORCH_SPEC=$TORCH_PIN")
-  [ "$FLAVOUR" = cpu ] && torch+=(--build-arg "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu")
+  [ "$FLAVOUR" = cpu ] && torch+=(--build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}")
   docker build "${args[@]}" "${torch[@]}" --iidfile "$OUT/image-id" .
 }
 
@@ -62,7 +63,8 @@ build_buildah() {
   if [ "$FLAVOUR" = cpu ]; then  # the CPU wheel: fetched here by the host's pip, mounted read-only
     mkdir -p "$wheels"
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" \
-      --platform manylinux_2_28_x86_64 --dest "$wheels" "$TORCH_PIN"
+      --platform manylinux_2_28_x86_64 --dest "$wheels" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+      "$TORCH_PIN" || { echo "no $TORCH_PIN wheel: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" >&2; exit 1; }
     extra+=(--volume "$PWD/$wheels:/run/wheels:ro"
             --build-arg "TORCH_SPEC=/run/wheels/$(basename "$(ls "$wheels"/torch-"$TORCH_VERSION"+cpu-*.whl)")")
   else
