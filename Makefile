@@ -42,7 +42,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not slow" $(ARGS)
 
-# kill -9 + resume schedule, tracking / S3 outages, up-front checks, leftovers; a table at the end (~15 min,
+# kill -9 + resume schedule, tracking / S3 outages, up-front checks, leftovers; a table at the end (~5 min,
 # outside `make test`: drill files are tests/drills/drill_*.py)
 drills: setup
 	PYTHONPATH=tests $(RUN)$(PY) -m pytest -q -p drills.table -o python_files="drill_*.py test_*.py" tests/drills \

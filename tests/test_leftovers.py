@@ -118,7 +118,7 @@ def test_an_interrupted_generation_is_removed_on_the_next_start(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["smoke", running.name])
 
 
-@pytest.mark.parametrize("umask", [0o077, 0o022])
+@pytest.mark.parametrize("umask", [0o077, 0o022], ids=["umask 077", "umask 022"])
 def test_a_prepared_cache_is_group_readable_whatever_the_umask(tmp_path, umask):
     from anet.data.cache import prepare_dataset
     from anet.synthetic.generator import generate_synthetic

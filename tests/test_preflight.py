@@ -194,7 +194,8 @@ def _cut(path: Path, keep: float) -> Path:
     (lambda d: _flip(_tar(d / "VeRi.tar", "w"), 2 * (512 + 10240) + 100), r"damaged header at byte 21504 after "
                                                                          r"member 'VeRi/image_train/0001_c001\.jpg'"),
     (lambda d: (d / "VeRi.tar.xz").write_bytes(b"") or d / "VeRi.tar.xz", r"not a readable tar archive \(xz: "),
-])
+], ids=["zip bad CRC", "zip cut short", "tar.gz cut short", "tar.gz byte flipped", "tar cut short",
+        "tar header damaged mid-archive", "tar.xz empty"])
 def test_corrupt_archives_are_one_line_naming_the_archive(tmp_path, capsys, make, what):
     archive = make(tmp_path)
     status, err = _anet(["data", "import", "veri776", str(archive), "--data-dir", str(tmp_path / "data"),
