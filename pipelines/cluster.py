@@ -26,6 +26,16 @@ log = logging.getLogger("pipelines.run")
 KFP_TERMINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
 
 
+IMAGE_RECORD = Path(".cache/image/image.ref")  # written by `make image PUSH=1`: the pushed digest
+
+
+def pinned_ref() -> str | None:
+    """The image every task should run: ``$ANET_IMAGE_REF``, else the digest ``make image PUSH=1`` pushed."""
+    if os.environ.get("ANET_IMAGE_REF"):
+        return os.environ["ANET_IMAGE_REF"]
+    return IMAGE_RECORD.read_text().strip() if IMAGE_RECORD.is_file() else None
+
+
 def _say(echo: bool, text: str) -> None:
     if echo:
         log.info("%s", text)
@@ -48,7 +58,8 @@ def run_on_cluster(client: Any, arguments: dict[str, Any], primary: str, parent:
     """Submit the compiled pipeline, follow it to the end, read the outcome from the MLflow parent run."""
     host = os.environ["KFP_HOST"]
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / "anet_pipeline.yaml", gpus=int(os.environ.get("ANET_GPUS", "1")))
+        package = compile_pipeline(Path(tmp) / "anet_pipeline.yaml", gpus=int(os.environ.get("ANET_GPUS", "1")),
+                                   kfp_backend=os.environ.get("ANET_KFP_BACKEND") or None, image=pinned_ref())
         run = client.create_run_from_pipeline_package(str(package), arguments=arguments,
                                                       experiment_name=os.environ.get("KFP_EXPERIMENT")
                                                       or f"anet-{arguments['dataset']}",

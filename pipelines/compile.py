@@ -126,9 +126,13 @@ def _executor_configs(platform: dict) -> list[dict]:
 
 
 def _set_image(ir: dict, image: str) -> None:
+    """Every task runs ``image`` and knows it (``ANET_IMAGE_REF``: the runs' ``image.ref`` lineage tag)."""
     for executor in ir["deploymentSpec"]["executors"].values():
         if "container" in executor:
-            executor["container"]["image"] = image
+            container = executor["container"]
+            container["image"] = image
+            env = [e for e in container.get("env", []) if e.get("name") != "ANET_IMAGE_REF"]
+            container["env"] = [*env, {"name": "ANET_IMAGE_REF", "value": image}]
 
 
 def _set_optional_secrets(platform: dict, optional: set[str], required: set[str], drop_others: bool) -> None:
@@ -176,6 +180,20 @@ def _legacy_platform(platform: dict, version: tuple[int, int]) -> None:
                 raise ValueError(f"PVC mount at {mount.get('mountPath')} has no name older backends can read")
 
 
+def placement_from(args: argparse.Namespace) -> Placement:
+    """``--node-selector KEY=VALUE`` and ``--toleration KEY[=VALUE]:EFFECT`` as a :class:`Placement`."""
+    selector = {}
+    for item in args.node_selector:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--node-selector {item!r}: expected KEY=VALUE")
+        selector[key] = value
+    for item in args.toleration:
+        if ":" not in item or item.rsplit(":", 1)[1] not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ValueError(f"--toleration {item!r}: expected KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute")
+    return Placement(selector, tuple(args.toleration))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.compile", description=__doc__.splitlines()[0])
@@ -186,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--legacy-ir", action="store_true", help="same as --kfp-backend 2.2")
     parser.add_argument("--image", help="image for every task, e.g. name@sha256:... (default: ANET_IMAGE)")
     parser.add_argument("--image-digest", metavar="SHA256", help="pin the tasks' image to this digest")
+    parser.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
+                        help="node label the train tasks need, e.g. nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB")
+    parser.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+                        help="taint the train tasks tolerate, e.g. nvidia.com/gpu:NoSchedule; repeatable")
     parser.add_argument("--require-secret", action="append", default=[], metavar="NAME",
                         help="mount this optional secret (e.g. anet-mlflow-auth) as required; repeatable. "
                         "With --kfp-backend < 2.15 the optional secrets not named are left out")
@@ -198,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.image_digest:
             image = pinned_image(image or IMAGE, args.image_digest)
         path = compile_pipeline(args.output, gpus=args.gpus, kfp_backend=backend, image=image,
-                                require_secrets=args.require_secret)
+                                require_secrets=args.require_secret, placement=placement_from(args))
     except ValueError as exc:
         parser.error(str(exc))
     form = f"KFP backend {backend}" if backend else "KFP backend >= 2.15"

@@ -147,3 +147,19 @@ def test_multi_gpu_train_tasks_get_shared_memory_placement_and_a_checkpoint_root
     env = {e["name"]: e["value"] for e in ir["deploymentSpec"]["executors"]["exec-train"]["container"]["env"]}
     assert env["ANET_EXPECT_GPUS"] == "2" and env["ANET_CHECKPOINT_ROOT"].startswith("/mnt/anet/")
     assert "emptyDirMounts" not in platform_of(1)[1]["exec-train"]  # one GPU: no NCCL, no extra shm
+
+
+def test_compile_cli_places_train_tasks_and_names_the_image_every_task_runs(tmp_path):
+    from pipelines.compile import main
+
+    out = tmp_path / "p.yaml"
+    assert main(["--output", str(out), "--gpus", "1", "--node-selector", "pool=gpu", "--toleration",
+                 "nvidia.com/gpu:NoSchedule", "--image", "reg.local/anet@sha256:" + "a" * 64]) == 0
+    ir, platform = list(yaml.safe_load_all(out.read_text()))
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert train["nodeSelector"]["labels"] == {"pool": "gpu"} and train["tolerations"][0]["effect"] == "NoSchedule"
+    for executor in ir["deploymentSpec"]["executors"].values():
+        env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+        assert env["ANET_IMAGE_REF"] == executor["container"]["image"] == "reg.local/anet@sha256:" + "a" * 64
+    with pytest.raises(SystemExit):
+        main(["--output", str(out), "--toleration", "no-effect"])

@@ -80,7 +80,7 @@ def _fetch(source: str, staging: Path, progress: bool) -> Path:
         if is_archive(source):
             local = staging / Path(source.rstrip("/")).name
             download_file(source, local, progress)
-            return extract_archive(local, tree)
+            return extract_archive(local, tree, label=source)
         download_prefix(source, tree, progress)
         return tree
     path = Path(source).expanduser()
