@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate the fully pinned, hashed locks of the runtime dependencies (pyproject.toml) for
+# Regenerate the fully pinned, hashed locks of the runtime dependencies (pyproject.toml, with the
+# `cluster` extra: PostgreSQL and Redis drivers) for
 # Linux x86_64 / Python 3.11, one per torch flavour. torch itself is left out of both: the
 # Dockerfile installs it from TORCH_SPEC, so the CPU wheel and the CUDA wheel share one recipe.
 #
@@ -30,7 +31,7 @@ compile() {  # flavour torch-pin extra-args...
   echo "torch==$pin" >"$constraints"
   "$UV" pip compile pyproject.toml --quiet --python-version "$PYTHON_VERSION" \
     --python-platform "$LOCK_PLATFORM" --constraint "$constraints" --no-emit-package torch \
-    --generate-hashes --no-header "$@" -o "docker/requirements-$flavour.lock.tmp"
+    --extra cluster --generate-hashes --no-header "$@" -o "docker/requirements-$flavour.lock.tmp"
   rm -f "$constraints"
   { echo "# anet-pipeline runtime lock ($flavour): pyproject.toml resolved for Linux x86_64 / Python $PYTHON_VERSION"
     echo "# with torch==$pin, which is NOT listed here (the Dockerfile installs TORCH_SPEC first)."
