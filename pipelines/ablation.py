@@ -102,8 +102,8 @@ def run_grid(args: argparse.Namespace) -> list[RowResult]:
 def _run_missing(args: argparse.Namespace, rows: list[Row], configs: dict[str, dict[str, Any]],
                  ablation_run: str) -> None:
     done = finished_rows(args.dataset, args.name)
-    for row in rows:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed-major: an interrupted grid has every row at the first seeds
+        for row in rows:
             if (row.key, seed) in done:
                 log.info("%s seed %d: already finished (run %s)", row.key, seed, done[(row.key, seed)].run_id)
                 continue
