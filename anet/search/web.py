@@ -85,7 +85,9 @@ def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> A
     def run_search(body: SearchRequest) -> dict[str, Any]:
         query = _query(index, body, loaded)
         filters = Filters({k: v for k, v in body.filters.items() if v}, tuple(body.cameras), body.min_confidence)
-        hits = search(index, query, body.k, filters)
+        hits = search(index, query, body.k + (body.item is not None), filters)
+        hits = hits[hits["item"] != body.item].head(body.k)  # a gallery item as query: show the others
+        hits = hits.assign(rank=range(1, len(hits) + 1))
         return {"query": {"item": body.item, "attributes": {n: {"class": c, "confidence": p}
                                                             for n, (c, p) in query.attributes.items()}},
                 "hits": [_hit(h, index) for h in hits.to_dict("records")]}
