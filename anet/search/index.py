@@ -41,7 +41,7 @@ from anet.search.served import ModelRef
 
 FORMAT = 1
 META, FAISS, TABLE = "index.json", "index.faiss", "gallery.parquet"
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256  # efSearch 256: bench/search_bench.py
 CHUNK = 256  # images decoded and embedded at once (bounded memory for any gallery size)
 log = logging.getLogger(__name__)
 
