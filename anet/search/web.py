@@ -127,8 +127,11 @@ def thumbnail_png(image: np.ndarray, size: int = THUMB) -> bytes:
 def serve_page(index: GalleryIndex, host: str = "127.0.0.1", port: int = 8000,
                predictor: ReidPredictor | None = None) -> None:
     """Run the page with uvicorn until interrupted."""
+    import faiss  # lazy: see GalleryIndex.open
     import uvicorn  # lazy: only the page needs uvicorn
 
+    # one query per request: a single thread was faster than OpenMP's team (bench/search_bench.py)
+    faiss.omp_set_num_threads(1)
     log.info("search page for %s (%d items, model %s) on http://%s:%d", index.folder, len(index), index.model,
              host, port)
     uvicorn.run(create_app(index, predictor), host=host, port=port, log_level="warning")
