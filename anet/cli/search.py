@@ -52,6 +52,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     idx.add_argument("--tracking-uri", help=TRACKING_HELP)
     idx.set_defaults(func=run_index)
 
+    _add_search(sub)
+
+    study = sub.add_parser("search-study", help="mAP / R1 with and without filtering by the query's attributes")
+    study.add_argument("--index", type=Path, required=True, help="an index built with --split")
+    study.add_argument("--json", action="store_true")
+    study.add_argument("--tracking-uri", help=TRACKING_HELP)
+    study.set_defaults(func=run_study)
+
+    serve = sub.add_parser("serve", help="the search page over an index (http://127.0.0.1:8000)")
+    serve.add_argument("--index", type=Path, required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--tracking-uri", help=TRACKING_HELP)
+    serve.set_defaults(func=run_serve)
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
     srch = sub.add_parser("search", help="rank an index's gallery for a query image")
     srch.add_argument("image", type=Path, metavar="IMAGE")
     srch.add_argument("--index", type=Path, required=True)
@@ -66,19 +83,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     srch.add_argument("--model", help="must be the index's model (default: it)")
     srch.add_argument("--tracking-uri", help=TRACKING_HELP)
     srch.set_defaults(func=run_search)
-
-    study = sub.add_parser("search-study", help="mAP / R1 with and without filtering by the query's attributes")
-    study.add_argument("--index", type=Path, required=True, help="an index built with --split")
-    study.add_argument("--json", action="store_true")
-    study.add_argument("--tracking-uri", help=TRACKING_HELP)
-    study.set_defaults(func=run_study)
-
-    serve = sub.add_parser("serve", help="the search page over an index (http://127.0.0.1:8000)")
-    serve.add_argument("--index", type=Path, required=True)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--tracking-uri", help=TRACKING_HELP)
-    serve.set_defaults(func=run_serve)
 
 
 def _connect(tracking_uri: str | None) -> None:

@@ -66,9 +66,7 @@ def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> A
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        cameras = sorted({c for c in index.table["camera"] if c}, key=lambda c: (len(c), c))
-        return {"model": str(index.model), "count": len(index), "kind": index.meta["kind"],
-                "vocab": index.vocab, "cameras": cameras}
+        return _info(index)
 
     @app.get("/api/gallery")
     def gallery(offset: int = 0, limit: int = 24) -> list[dict[str, Any]]:
@@ -93,6 +91,12 @@ def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> A
                 "hits": [_hit(h, index) for h in hits.to_dict("records")]}
 
     return app
+
+
+def _info(index: GalleryIndex) -> dict[str, Any]:
+    cameras = sorted({c for c in index.table["camera"] if c}, key=lambda c: (len(c), c))  # "2" before "10"
+    return {"model": str(index.model), "count": len(index), "kind": index.meta["kind"], "vocab": index.vocab,
+            "cameras": cameras}
 
 
 def _query(index: GalleryIndex, body: SearchRequest, loaded: dict[str, ReidPredictor]) -> Query:
