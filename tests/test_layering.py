@@ -132,9 +132,9 @@ def test_function_local_project_imports_say_why():
     for f in _py_files("anet", "components", "pipelines", "bench"):
         lines = f.read_text().splitlines()
         for node, in_function in _import_nodes(ast.parse(f.read_text())):
-            if in_function and any(m.split(".")[0] in PROJECT for m in _modules(node)):
-                if "# lazy:" not in lines[node.lineno - 1]:
-                    offenders.append(f"{f.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+            project = any(m.split(".")[0] in PROJECT for m in _modules(node))
+            if in_function and project and "# lazy:" not in lines[node.lineno - 1]:
+                offenders.append(f"{f.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert offenders == []
 
 

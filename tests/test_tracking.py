@@ -179,7 +179,7 @@ def test_pipeline_run_with_nested_steps_metrics_and_model(uri, server, tmp_path)
 
     reqs = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text()
     assert "+cpu" not in reqs and f"torch=={torch.__version__.split('+')[0]}" in reqs
-    assert "anet-pipeline" in reqs and "kornia" in reqs
+    assert "anet-pipeline" not in reqs and "kornia" in reqs  # no pin on an unpublished package
     loaded = mlflow.pytorch.load_model(model_uri)
     torch.testing.assert_close(loaded(torch.from_numpy(example)), net(torch.from_numpy(example)))
 
@@ -223,18 +223,12 @@ class _TinyReid(torch.nn.Module):
 
 
 @pytest.mark.integration
-def test_dataclass_model_falls_back_to_pickle_and_embedding_model_is_pt2(uri):
+def test_dataclass_model_falls_back_to_pickle(uri):
     import mlflow.pytorch
 
     net, example = _TinyReid(), np.ones((1, 3, 2, 2), np.float32)
     parent = tracking.start_parent_run("synthetic", "formats", None, "")
-    with tracking.start_step_run(parent, "register"):
-        with pytest.warns(UserWarning, match="torch.export failed"):
-            full_uri = tracking.log_model(net, name="full", input_example=example)
-        embed_uri = tracking.log_embedding_model(net, "f", example)
+    with tracking.start_step_run(parent, "register"), pytest.warns(UserWarning, match="torch.export failed"):
+        full_uri = tracking.log_model(net, name="full", input_example=example)
     tracking.end_run(parent)
     assert isinstance(mlflow.pytorch.load_model(full_uri), _TinyReid)  # pickled module
-    graph = mlflow.pytorch.load_model(embed_uri)  # pt2: a traced graph, no class of ours inside
-    assert not isinstance(graph, _TinyReid) and "Embedding" not in type(graph).__name__
-    images = torch.rand(5, 3, 2, 2)  # another batch size than the example: the batch dim stays dynamic
-    torch.testing.assert_close(graph(images), net.embed(images))

@@ -2,8 +2,7 @@
 
 :func:`log_model` logs a CPU copy of a torch module into the active step run (``pt2`` via
 ``torch.export`` when it traces, else ``pickle``), with a signature inferred from the input example
-and explicit pinned requirements (:func:`model_requirements`); :func:`log_embedding_model` logs just
-``model.embed`` as a self-contained graph. :func:`log_code_model` logs an ``mlflow.pyfunc`` model
+and explicit pinned requirements (:func:`model_requirements`). :func:`log_code_model` logs an ``mlflow.pyfunc`` model
 from code (the served re-ID model, :mod:`anet.search.served`): the code file, its artifacts, the
 project's package as ``code_paths`` and third-party requirements pinned to the installed versions
 (:func:`pinned_requirements`). MLflow and torch are imported inside functions only, so importing
@@ -24,8 +23,7 @@ def log_model(model: Any, name: str = "model", input_example: Any = None, *, sig
     ``pt2`` (``torch.export``, MLflow's default) loads without unpickling code; it needs
     ``input_example`` (a float32 numpy batch; a batch of one is repeated to two so the exported
     batch dimension stays dynamic). ``auto`` tries pt2 and falls back to ``pickle`` with a warning
-    for modules torch.export cannot trace (e.g. ANet's dataclass output; see
-    :func:`log_embedding_model`). The signature is inferred from the example when the module returns
+    for modules torch.export cannot trace (e.g. ANet's dataclass output). The signature is inferred from the example when the module returns
     a tensor. Requirements are explicit (:func:`model_requirements`): no ``+cpu`` build tag.
     """
     import copy
@@ -53,34 +51,6 @@ def log_model(model: Any, name: str = "model", input_example: Any = None, *, sig
             warnings.warn(f"torch.export failed ({reason}); logging {name} with pickle", stacklevel=2)
     fmt = "pickle" if serialization_format == "auto" else serialization_format
     return mlflow.pytorch.log_model(cpu_model, serialization_format=fmt, **kwargs).model_uri
-
-
-def log_embedding_model(model: Any, feature: str, input_example: Any, name: str = "model") -> str:
-    """Log ``model.embed(images, feature=...)`` as a self-contained pt2 graph; return its model URI.
-
-    The registered artifact is then a plain function, loadable without this package: float32
-    B x 3 x H x W (normalised like ``TestTransform``) -> L2-normalised B x D embeddings, which is
-    what ``mlflow.pyfunc`` serving and retrieval need.
-
-    Example:
-        >>> log_embedding_model(model, "j", np.zeros((2, 3, 256, 256), np.float32))   # doctest: +SKIP
-        'models:/m-4f0c...'
-    """
-    return log_model(_embedding_module(model, feature), name, input_example, serialization_format="pt2")
-
-
-def _embedding_module(model: Any, feature: str) -> Any:
-    import torch
-
-    class Embedding(torch.nn.Module):  # local: the pt2 graph does not need it at load time
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.model.embed(images, feature=feature)  # B x D, L2-normalised
-
-    return Embedding()
 
 
 def log_code_model(code_file: str | Path, artifacts: Mapping[str, str], *, code_paths: Iterable[str | Path],
@@ -128,8 +98,9 @@ def pinned_requirements(dists: Iterable[str]) -> list[str]:
 
 
 def model_requirements() -> list[str]:
-    """Pinned pip requirements of a logged torch module: torch, numpy, kornia and this package."""
-    return pinned_requirements(("torch", "numpy", "kornia", "anet-pipeline"))
+    """Pinned pip requirements of a logged torch module: torch, numpy, kornia (never this unpublished
+    package: a model that needs its code logs it with :func:`log_code_model`)."""
+    return pinned_requirements(("torch", "numpy", "kornia"))
 
 
 def _infer_signature(model: Any, input_example: Any) -> Any:

@@ -16,7 +16,7 @@ Each kfp step runs in its own process, so the parent run id travels as a plain s
         train_stage(..., callbacks=[MlflowCallback()])        # train/<term> at step=epoch
     ...                                                         # in the register step's process:
     with start_step_run(parent, "register"):
-        model_uri = log_model(model, input_example=example)
+        model_uri = log_code_model(...)                       # anet.mlops.models
     end_run(parent, "FINISHED")
 
 Outages (see :mod:`anet.mlops.retry`): one MLflow call gives up after a bounded retry budget;
@@ -42,7 +42,7 @@ from anet.errors import UserError
 from anet.mlops import lineage, liveness, retry
 from anet.mlops.callback import MlflowCallback  # noqa: F401 (public here)
 from anet.mlops.endpoint import check_tracking_server, export_credentials, redact_url  # noqa: F401
-from anet.mlops.models import log_embedding_model, log_model, model_requirements  # noqa: F401
+from anet.mlops.models import log_model, model_requirements  # noqa: F401
 from anet.mlops.record import (  # noqa: F401 (the public logging API lives here for callers)
     BATCH,
     MAX_PARAM_KEY,

@@ -1,6 +1,7 @@
 """The register step: log the evaluated model, register it, and move the champion alias if it wins.
 
-The served model is :class:`anet.model.embedder.ReidEmbedder` (images -> L2-normalised features).
+The registered model is the served python model of :mod:`anet.search.served` (encoded images or uint8
+arrays in; the retrieval embedding and per-attribute probabilities out), logged with the project's code.
 A pruned trial registers nothing, and a model is never registered without its primary metric.
 """
 
