@@ -32,18 +32,27 @@ class RowResult:
     metrics: dict[str, float]
 
 
+def find_ablation_run(dataset: str, name: str) -> str | None:
+    """The ablation's MLflow run id, found by its tags (None before the first run of the grid)."""
+    from mlflow import MlflowClient  # lazy: mlflow is heavy and only needed when tracking
+
+    found = MlflowClient().search_runs([tracking.experiment_id(dataset)],
+                                       f"tags.`anet.kind` = 'ablation' and tags.`anet.ablation` = '{name}'",
+                                       max_results=1)
+    return found[0].info.run_id if found else None
+
+
 def open_ablation_run(dataset: str, name: str) -> str:
-    """The ablation's MLflow run (found by its tag on a rerun, else created); rows nest under it."""
+    """The ablation's MLflow run, RUNNING until the grid ends (found again on a rerun, else created)."""
     from mlflow import MlflowClient  # lazy: mlflow is heavy and only needed when tracking
 
     client = MlflowClient()
-    exp = tracking.experiment_id(dataset)
-    found = client.search_runs([exp], f"tags.`anet.kind` = 'ablation' and tags.`anet.ablation` = '{name}'",
-                               max_results=1)
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")  # resumed: open again until it ends
-        return found[0].info.run_id
-    run = client.create_run(exp, run_name=name, tags={"anet.kind": "ablation", "anet.ablation": name})
+    run_id = find_ablation_run(dataset, name)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")  # resumed: open again until it ends
+        return run_id
+    run = client.create_run(tracking.experiment_id(dataset), run_name=name,
+                            tags={"anet.kind": "ablation", "anet.ablation": name})
     return run.info.run_id
 
 
@@ -98,7 +107,9 @@ def write_report(results: list[RowResult], args: argparse.Namespace, out_dir: Pa
     atomic_write_text(out_dir / "ablation.md", table + "\n")
     atomic_write_text(out_dir / "ablation.csv", frame.to_csv(index=False))
     paths = [out_dir / "ablation.md", out_dir / "ablation.csv", _plot(frame, out_dir / "ablation.png")]
-    tracking.log_artifacts([str(p) for p in paths], "ablation", run_id=open_ablation_run(args.dataset, args.name))
+    run_id = find_ablation_run(args.dataset, args.name)
+    if run_id:  # the grid has ended it already: artifacts may still be added
+        tracking.log_artifacts([str(p) for p in paths], "ablation", run_id=run_id)
     return table
 
 
