@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -40,13 +41,17 @@ def moto_server(timeout: float = 20.0) -> Iterator[str]:
     """Start ``moto_server -H 127.0.0.1 -p <free port>``, wait until it answers, yield its URL, kill it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # its request log goes to a file: a pipe nobody reads fills up (64 KB, a few hundred requests, e.g. a
+    # model logged with its code) and then blocks the server in the middle of a request
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([_moto_executable(), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
+                log.seek(0)
+                raise RuntimeError(f"moto_server exited with {proc.returncode}: {log.read().decode()[-500:]}")
             try:
                 with urllib.request.urlopen(url + "/", timeout=1):
                     break
@@ -63,8 +68,7 @@ def moto_server(timeout: float = 20.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        log.close()
 
 
 @contextlib.contextmanager

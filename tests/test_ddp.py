@@ -57,7 +57,9 @@ def test_two_gloo_ranks_end_with_equal_weights(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rank0 = torch.load(tmp_path / "out" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "out" / "rank1.pt", weights_only=True)
-    assert rank0["steps"] == rank1["steps"] == 1  # 8 identities / (P=4 x 2 ranks): one batch each
+    # an epoch is a pass over the images: 6 training identities (2 of the 8 held out for validation) x 6
+    # images = 12 chunks of K=4; P=4 is the global batch, so 3 steps, each rank taking 2 identities of each
+    assert rank0["steps"] == rank1["steps"] == 3
     assert rank0["terms"] == rank1["terms"]  # epoch means are averaged over ranks
     a, b = rank0["model"], rank1["model"]
     assert a.keys() == b.keys()

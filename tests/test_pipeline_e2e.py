@@ -63,12 +63,17 @@ def project(tmp_path_factory: pytest.TempPathFactory):
         shutil.rmtree(repo / ".dvc" / "cache")
         os.environ["MLFLOW_TRACKING_URI"] = url
         os.environ["ANET_PROGRESS"] = "0"
+        # the servers here share 2 cores with three pipelines: give them time (the timeouts' own
+        # behaviour is tested in test_tracking_outage / test_preflight with servers that never answer)
+        os.environ["ANET_MLFLOW_HTTP_TIMEOUT_S"] = "300"
+        os.environ["ANET_S3_TIMEOUT_S"] = "60"
         os.chdir(repo)
         try:
             yield {"repo": repo, "url": url, "endpoint": endpoint}
         finally:
             os.chdir(saved_cwd)
-            os.environ.pop("ANET_PROGRESS", None)
+            for name in ("ANET_PROGRESS", "ANET_MLFLOW_HTTP_TIMEOUT_S", "ANET_S3_TIMEOUT_S"):
+                os.environ.pop(name, None)
             if saved_uri is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:

@@ -75,7 +75,8 @@ def test_parallel_sweep_on_postgres_mlflow_and_redis_journal(tmp_path, postgres_
 
     with mlflow_server(tmp_path / "mlflow", backend_store_uri=postgres_database) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPTUNA_", "KFP_"))}
-        env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=url, OPTUNA_STORAGE=redis_journal, ANET_PROGRESS="0")
+        env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=url, OPTUNA_STORAGE=redis_journal, ANET_PROGRESS="0",
+                   ANET_MLFLOW_HTTP_TIMEOUT_S="300")  # a busy 2-core machine: time, not a timeout test
         cmd = [sys.executable, "-m", "pipelines.sweep", "--dataset", "synthetic", "--profile", "smoke",
                "--trials", "2", "--parallel", "2", "--pruner", "none", "--out", str(tmp_path / "sweeps")]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
