@@ -102,7 +102,7 @@ def run_grid(args: argparse.Namespace) -> list[RowResult]:
 def _run_missing(args: argparse.Namespace, rows: list[Row], configs: dict[str, dict[str, Any]],
                  ablation_run: str) -> None:
     done = finished_rows(args.dataset, args.name)
-    for seed in range(args.seeds):  # seed-major: an interrupted grid has every row at the first seeds
+    for seed in range(args.from_seed, args.seeds):  # seed-major: an interrupted grid has every row at the first seeds
         for row in rows:
             if (row.key, seed) in done:
                 log.info("%s seed %d: already finished (run %s)", row.key, seed, done[(row.key, seed)].run_id)
@@ -121,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--profile", default=None, help="config profile (default: the dataset name)")
     p.add_argument("--seeds", type=int, default=3, help="runtime seeds 0..N-1 per row")
+    p.add_argument("--from-seed", type=int, default=0,
+                   help="train seeds FROM..N-1 only (seeds run on another machine are left to that one)")
     p.add_argument("--rows", default=",".join(r.key for r in ROWS), help="comma-separated row keys")
     p.add_argument("--name", default=None, help="ablation name (default ablation-<profile>); reruns resume it")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
@@ -134,6 +136,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or args.seeds < 1:
         raise UserError(f"--rows: unknown {unknown} (known: {', '.join(r.key for r in ROWS)})" if unknown
                         else "--seeds must be at least 1")
+    if not 0 <= args.from_seed < args.seeds:
+        raise UserError(f"--from-seed {args.from_seed}: must be at least 0 and below --seeds {args.seeds}")
     return args
 
 

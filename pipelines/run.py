@@ -41,6 +41,7 @@ from anet.logs import setup_logging
 from anet.mlops import doctor, liveness, s3, tracking
 from anet.mlops.pretrained import resolve_pretrained
 from anet.steps.preflight import check_run_paths
+from anet.steps.train_step import LOCAL_RUN_ENV
 from pipelines.cluster import kfp_client, run_on_cluster
 from pipelines.dag import CLUSTER_CACHE_ROOT, local_pipeline
 from pipelines.outcome import PipelineOutcome, failure_reason, format_summary, make_outcome
@@ -153,6 +154,7 @@ def _trial_tags(trial: dict[str, Any] | None) -> dict[str, str]:
 def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Path, echo: bool) -> PipelineOutcome:
     """Run the DAG with kfp.local; the outcome comes from kfp's result and the steps' MLflow tags."""
     root.mkdir(parents=True, exist_ok=True)
+    os.environ[LOCAL_RUN_ENV] = "1"  # the steps keep checkpoints in their own outputs, not on /mnt/anet
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root.resolve()),
                raise_on_error=True)
     before = {p.name for p in root.iterdir()}

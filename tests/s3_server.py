@@ -13,8 +13,8 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,7 +43,7 @@ def moto_server(timeout: float = 20.0) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     # its request log goes to a file: a pipe nobody reads fills up (64 KB, a few hundred requests, e.g. a
     # model logged with its code) and then blocks the server in the middle of a request
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, once the server is gone
     proc = subprocess.Popen([_moto_executable(), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:

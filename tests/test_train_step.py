@@ -8,7 +8,7 @@ import torch
 from anet import steps
 from anet.config import resolve_config
 from anet.errors import UserError
-from anet.steps.train_step import check_gpus
+from anet.steps.train_step import LOCAL_RUN_ENV, check_gpus, remove_run_checkpoints, stage_dir
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: nothing is missing")
@@ -37,3 +37,25 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_root(tmp_path, monkeyp
     assert any("starting at epoch 2" in r.getMessage() for r in caplog.records), "the retry trained again"
     assert torch.equal(*(torch.load(p, weights_only=True)["model"]["j_head.fc.weight"]
                          for p in (first["checkpoint"], again["checkpoint"])))
+    remove_run_checkpoints(parent)  # what the evaluate step does once the model is evaluated
+    assert not (tmp_path / "pvc" / "checkpoints" / parent).exists()
+
+
+def test_checkpoints_live_on_the_pvc_only_on_a_cluster(tmp_path, monkeypatch):
+    root = tmp_path / "pvc" / "checkpoints"
+    monkeypatch.setenv("ANET_CHECKPOINT_ROOT", str(root))
+    monkeypatch.delenv(LOCAL_RUN_ENV, raising=False)
+    assert stage_dir(tmp_path / "out", "stage_one", "run1") == root / "run1" / "stage_one"
+    assert stage_dir(tmp_path / "out", "stage_one", None) == tmp_path / "out"  # no run to resume under
+    for run in ("run1", "run2"):
+        (root / run / "stage_one").mkdir(parents=True)
+        (root / run / "stage_one" / "last.pt").write_bytes(b"x")
+    remove_run_checkpoints("run1")
+    assert sorted(p.name for p in root.iterdir()) == ["run2"]  # only this run's folder goes
+    remove_run_checkpoints(None)
+    remove_run_checkpoints("..")  # never a folder outside the root
+    assert sorted(p.name for p in root.iterdir()) == ["run2"] and (tmp_path / "pvc").is_dir()
+    monkeypatch.setenv(LOCAL_RUN_ENV, "1")  # kfp.local: the task env names /mnt/anet, which is not a PVC here
+    assert stage_dir(tmp_path / "out", "stage_one", "run2") == tmp_path / "out"
+    remove_run_checkpoints("run2")
+    assert (root / "run2" / "stage_one" / "last.pt").is_file()

@@ -15,6 +15,7 @@ from anet.errors import UserError
 from anet.evaluation.run import evaluate_checkpoint
 from anet.mlops.step_tracking import step_run
 from anet.steps.common import checkpoint_in, is_pruned, read_descriptor, reported_step
+from anet.steps.train_step import remove_run_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def evaluate(config_json: str, dataset_descriptor: str, checkpoint: str, out_dir
     cfg = ExperimentConfig.from_json(config_json)
     primary = cfg.registry.primary_metric
     if is_pruned(checkpoint):
+        remove_run_checkpoints(parent_run_id)
         return {"status": "pruned", "metrics": {}, "primary_metric": primary, "primary_value": None,
                 "files": [], "report_md": "# Evaluation skipped\n\nThe trial was pruned during training.\n"}
     descriptor = read_descriptor(dataset_descriptor)
@@ -41,6 +43,7 @@ def evaluate(config_json: str, dataset_descriptor: str, checkpoint: str, out_dir
     if primary not in flat:
         raise UserError(f"registry.primary_metric {primary!r} was not produced by the evaluation "
                         f"(got {', '.join(sorted(flat)) or 'nothing'}); fix the profile")
+    remove_run_checkpoints(parent_run_id)  # trained and evaluated: no task of this run resumes any more
     return {"status": "ok", "metrics": flat, "primary_metric": primary, "primary_value": flat[primary],
             "files": files, "report_md": _eval_report(results, primary, flat[primary])}
 

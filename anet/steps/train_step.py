@@ -109,11 +109,33 @@ def describe_device(cfg: ExperimentConfig) -> str:
     return f"CPU, {torch.get_num_threads()} threads ({cfg.runtime.precision})"
 
 
+LOCAL_RUN_ENV = "ANET_KFP_LOCAL"  # set by pipelines.run for kfp.local: the DAG's PVC paths do not exist here
+
+
+def checkpoint_root() -> Path | None:
+    """The PVC folder of retry checkpoints (``$ANET_CHECKPOINT_ROOT``, set by the compiled DAG); None in a
+    kfp.local run, whose task env carries the same variable but which has no PVC (``/mnt/anet`` would be
+    a system folder on the user's machine, written as root or refused, and never cleaned)."""
+    root = os.environ.get("ANET_CHECKPOINT_ROOT")
+    return Path(root) if root and not os.environ.get(LOCAL_RUN_ENV) else None
+
+
 def stage_dir(out: Path, stage_name: str, parent_run_id: str | None) -> Path:
     """Where the stage writes last.pt/final.pt: on a cluster ``$ANET_CHECKPOINT_ROOT/<run>/<stage>`` on
-    the PVC, so a retried task (a new pod, same pipeline run) resumes instead of starting over."""
-    root = os.environ.get("ANET_CHECKPOINT_ROOT")
-    return Path(root) / parent_run_id / stage_name if root and parent_run_id else out
+    the PVC, so a retried task (a new pod, same pipeline run) resumes instead of starting over; in the
+    step's own output folder otherwise."""
+    root = checkpoint_root()
+    return root / parent_run_id / stage_name if root and parent_run_id else out
+
+
+def remove_run_checkpoints(parent_run_id: str | None) -> None:
+    """Delete one pipeline run's retry checkpoints from the PVC (the evaluate step calls this once the
+    trained model is evaluated: its final weights live on as the train step's output artifact)."""
+    root = checkpoint_root()
+    folder = root / parent_run_id if root and parent_run_id else None
+    if folder is not None and folder.is_dir() and folder.resolve().parent == root.resolve():  # never ".."
+        shutil.rmtree(folder)
+        log.info("removed this run's retry checkpoints %s", folder)
 
 
 def _publish(checkpoint: Path, out: Path) -> Path:
