@@ -144,6 +144,10 @@ def _publish(checkpoint: Path, out: Path) -> Path:
     if checkpoint.resolve() != target.resolve() and checkpoint.is_file():
         with atomic_path(target) as tmp:
             shutil.copyfile(checkpoint, tmp)
+    if target.is_file() and checkpoint.parent.resolve() == out.resolve():
+        # trained in the output folder itself (no PVC): its last.pt, a copy of final.pt kept for resuming,
+        # has no reader left once the step is done (a rerun is a new pipeline run with new outputs)
+        (out / "last.pt").unlink(missing_ok=True)
     return target if target.is_file() else checkpoint
 
 
