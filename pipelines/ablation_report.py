@@ -82,18 +82,21 @@ def summary_frame(results: list[RowResult], dataset: str, order: dict[str, int],
         for key, label in columns:
             values = np.array([r.metrics.get(key, math.nan) for r in runs], dtype=float)
             line[f"{label} mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-            line[f"{label} std"] = float(np.nanstd(values)) if np.isfinite(values).any() else math.nan
+            # the sample standard deviation over seeds (ddof=1); undefined for one seed, shown as such
+            line[f"{label} std"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else math.nan
         lines.append(line)
     return pd.DataFrame(lines)
 
 
 def to_markdown(frame: pd.DataFrame, dataset: str) -> str:
-    """``| row | seeds | mAP | R1 | ... |`` with ``mean +- std`` cells (test split, then validation)."""
+    """``| row | seeds | mAP | R1 | ... |`` with ``mean +- std`` cells (test split, then validation); a
+    row with one seed shows its value alone."""
     labels = [*METRICS, "val mAP"]
     head = f"| row ({dataset}, test split `{TEST_SETS[dataset][0]}`) | seeds | " + " | ".join(labels) + " |"
     lines = [head, "|---|---|" + "---|" * len(labels)]
     for _, r in frame.iterrows():
-        cells = [f"{r[f'{m} mean']:.3f} +- {r[f'{m} std']:.3f}" for m in labels]
+        cells = [f"{r[f'{m} mean']:.3f}" + (f" +- {r[f'{m} std']:.3f}" if math.isfinite(r[f"{m} std"]) else "")
+                 for m in labels]
         lines.append(f"| {r['row']} | {r['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -30,6 +30,19 @@ def test_every_row_resolves_to_what_it_claims():
         row_config("smoke", "synthetic", {}, Row("bad", "VAN (j)", {"model.variant": "van"}, "one_total"))
 
 
+def test_table_gives_mean_and_sample_std_over_seeds():
+    from pipelines.ablation_report import RowResult, summary_frame, to_markdown
+
+    results = [RowResult("anet", seed, f"r{seed}", {"eval/test/mAP": v, "eval/val/mAP": 0.5})
+               for seed, v in enumerate((0.10, 0.20, 0.30))] + [RowResult("baseline", 0, "b", {"eval/test/mAP": 0.25})]
+    frame = summary_frame(results, "synthetic", {"baseline": 0, "anet": 1}, {"anet": "ANet (j)", "baseline": "Baseline"})
+    assert list(frame["row"]) == ["Baseline", "ANet (j)"] and list(frame["seeds"]) == [1, 3]
+    assert frame.loc[1, "mAP mean"] == pytest.approx(0.2) and frame.loc[1, "mAP std"] == pytest.approx(0.1)  # ddof=1
+    table = to_markdown(frame, "synthetic").splitlines()
+    assert table[2].startswith("| Baseline | 1 | 0.250 | nan |") and "+-" not in table[2]  # one seed: no spread
+    assert table[3].startswith("| ANet (j) | 3 | 0.200 +- 0.100 |")
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_smoke_grid_runs_every_row_resumes_and_reports(tmp_path, monkeypatch):
