@@ -51,12 +51,12 @@ def logged(server):
     return _log_tiny_model("registry-models")
 
 
-def _register(logged, dataset, value, margin=0.0, metric=METRIC, promote=True):
+def _register(logged, dataset, value, margin=0.0, metric=METRIC, promote=True, fingerprint="f1" * 32):
     model_uri, run_id = logged
     metrics = {} if value is None else {metric: value, "eval/test/R1": 0.9}
     return registry.register_candidate(model_uri, dataset, run_id, metrics, METRIC, margin,
-                                       {"git.commit": "abc123", "dvc.data_hash": "d41d.dir", "aws_token": "x"},
-                                       promote=promote)
+                                       {"git.commit": "abc123", "dvc.data_hash": "d41d.dir", "aws_token": "x",
+                                        "data.fingerprint": fingerprint}, promote=promote)
 
 
 def _aliases(dataset):
@@ -101,6 +101,20 @@ def test_margin_and_ties_do_not_move_the_champion(uri, logged):
     assert moved.decision == "promoted" and moved.champion_value == 0.5
     tie = _register(logged, "margin", 0.56)
     assert tie.decision == "kept-champion" and _aliases("margin")["champion"] == moved.version
+
+
+def test_metrics_measured_on_other_data_are_never_compared(uri, logged):
+    first = _register(logged, "otherdata", 0.40)
+    wild = _register(logged, "otherdata", 0.90, fingerprint="e2" * 32)  # another profile's validation split
+    assert (wild.decision, wild.is_champion) == ("other-data", False)
+    assert wild.note.startswith("not comparable: measured on data e2e2e2e2e2e2, champion v1 on f1f1f1f1f1f1")
+    assert _aliases("otherdata")["champion"] == first.version
+    assert _tags("otherdata", wild.version)["promotion.decision"] == "other-data"
+    dry = registry.consider_promotion("otherdata", wild.version, METRIC)
+    assert dry.decision == "other-data" and "make promote VERSION=2" in dry.note
+    assert _register(logged, "otherdata", 0.45).decision == "promoted"  # same data: compared as ever
+    registry.promote("otherdata", wild.version, reason="new data version")  # the explicit way
+    assert _aliases("otherdata")["champion"] == wild.version
 
 
 def test_missing_metrics(uri, logged):

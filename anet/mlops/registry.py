@@ -8,7 +8,7 @@ moves the champion). The decision and both numbers are stored as version tags::
     decision = register_candidate(model_uri, "synthetic", run_id, {"eval/test/mAP": 0.61},
                                   primary_metric="eval/test/mAP", margin=0.0,
                                   lineage_tags={"git.commit": "014f7fc"})
-    decision.decision        # "first-champion" | "promoted" | "kept-champion" | "no-metric" | "registered"
+    decision.decision        # "first-champion" | "promoted" | "kept-champion" | "no-metric" | "other-data" | "registered"
     promote("synthetic", "2", reason="rollback: v3 regressed on night images")   # manual / rollback
 
 One guarded unit: take the promotion lock (:mod:`anet.mlops.lock`: tags on ``anet-<dataset>``
@@ -58,7 +58,7 @@ class Decision:
     """What a registration (or a manual promotion) did, and whether the version is champion now."""
 
     version: str
-    decision: str  # first-champion | promoted | kept-champion | no-metric | manual | registered
+    decision: str  # first-champion | promoted | kept-champion | other-data | no-metric | manual | registered
     candidate_value: float | None
     champion_value: float | None  # the champion it was compared with (None: none, or no metric)
     champion_version: str | None  # that champion's version (the previous one after a promotion)
@@ -191,7 +191,10 @@ def _decide_and_move(client: Any, name: str, version: str, candidate: float | No
             note = f"candidate has no finite {primary_metric}; never promoted automatically"
             return Decision(version, "no-metric", None, champ_value, champ, False, note)
         verdict, note = _verdict(candidate, champ, champ_value, primary_metric, margin)
-        if verdict == "kept-champion" or not move:
+        other = _measured_on_other_data(client, name, version, champ)
+        if other:
+            verdict, note = "other-data", other
+        if verdict in ("kept-champion", "other-data") or not move:
             return Decision(version, verdict, candidate, champ_value, champ, False, note)
         if alias_version(client, name, CHAMPION) != champ:  # moved since we compared
             continue
@@ -202,6 +205,19 @@ def _decide_and_move(client: Any, name: str, version: str, candidate: float | No
     now = alias_version(client, name, CHAMPION)
     note = f"champion alias kept moving; gave up after {MAX_ATTEMPTS} attempts"
     return Decision(version, "kept-champion", candidate, champ_value, champ, now == version, note)
+
+
+def _measured_on_other_data(client: Any, name: str, version: str, champ: str | None) -> str | None:
+    """Why the two versions' metrics cannot be compared, or None: both carry a ``data.fingerprint``
+    (the prepared dataset, validation split included) and the fingerprints differ, e.g. another profile
+    of the same dataset or a new version of the data. Such a candidate is never promoted automatically."""
+    if champ is None:
+        return None
+    mine, theirs = (client.get_model_version(name, v).tags.get("data.fingerprint") for v in (version, champ))
+    if not mine or not theirs or mine == theirs:
+        return None
+    return (f"not comparable: measured on data {mine[:12]}, champion v{champ} on {theirs[:12]} (another "
+            f"profile or data version); `make promote VERSION={version}` promotes it explicitly")
 
 
 def _verdict(candidate: float, champ: str | None, champ_value: float | None, metric: str,
