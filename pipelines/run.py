@@ -154,7 +154,6 @@ def _trial_tags(trial: dict[str, Any] | None) -> dict[str, str]:
 def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Path, echo: bool) -> PipelineOutcome:
     """Run the DAG with kfp.local; the outcome comes from kfp's result and the steps' MLflow tags."""
     root.mkdir(parents=True, exist_ok=True)
-    os.environ[LOCAL_RUN_ENV] = "1"  # the steps keep checkpoints in their own outputs, not on /mnt/anet
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root.resolve()),
                raise_on_error=True)
     before = {p.name for p in root.iterdir()}
@@ -162,10 +161,17 @@ def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Pat
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        saved = os.environ.get(LOCAL_RUN_ENV)
+        os.environ[LOCAL_RUN_ENV] = "1"  # the steps keep checkpoints in their own outputs, not on /mnt/anet
         try:
             summary, error = json.loads(local_pipeline(**arguments).output), None
         except RuntimeError as exc:  # kfp.local's way of saying that a task failed
             summary, error = {}, failure_reason(parent, str(exc))
+        finally:  # only for this run's steps: a caller's later cluster-style work sees its own environment
+            if saved is None:
+                os.environ.pop(LOCAL_RUN_ENV, None)
+            else:
+                os.environ[LOCAL_RUN_ENV] = saved
     new = sorted((p for p in root.iterdir() if p.name not in before), key=lambda p: p.stat().st_mtime)
     _say(echo, f"pipeline finished in {time.monotonic() - started:.0f} s")
     return make_outcome(summary, error, primary, parent, str(new[-1]) if new else None)

@@ -23,6 +23,7 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_root(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("ANET_CHECKPOINT_ROOT", str(tmp_path / "pvc" / "checkpoints"))
+    monkeypatch.delenv(LOCAL_RUN_ENV, raising=False)
     cfg = resolve_config("smoke", data_root=str(tmp_path / "data"), cache_root=str(tmp_path / "cache"))
     prep = steps.prepare_data(str(tmp_path / "prep"), config_json=cfg.to_json(), open_parent_run=True)
     parent = prep["parent_run_id"]
