@@ -28,7 +28,8 @@ from PIL import Image
 
 from anet.config import AugmentCfg, ModelCfg
 from anet.data.augment import BatchAugment
-from anet.data.cache import decode_resize, prepare_dataset
+from anet.data.cache import prepare_dataset
+from anet.data.images import decode_resize
 from anet.data.loader import TrainBatches
 from anet.data.manifest import build_manifest
 from anet.data.sampler import PKSampler

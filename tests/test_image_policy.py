@@ -13,7 +13,8 @@ from test_cache import VOCAB, make_dataset
 
 from anet.config import DataCfg
 from anet.data import cache as cache_mod
-from anet.data.cache import decode_resize, prepare_dataset
+from anet.data.cache import prepare_dataset
+from anet.data.images import decode_resize
 from anet.data.manifest import build_manifest
 from anet.errors import UserError
 

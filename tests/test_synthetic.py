@@ -14,14 +14,8 @@ from anet.config import SyntheticCfg, load_config
 from anet.errors import UserError
 from anet.synthetic import generator as synthetic
 from anet.synthetic.calibrate import calibrate
-from anet.synthetic.generator import (
-    COLOR_NAMES,
-    MODELS,
-    TYPE_NAMES,
-    generate_synthetic,
-    plan_identities,
-    render_dataset,
-)
+from anet.synthetic.generator import generate_synthetic, render_dataset
+from anet.synthetic.plan import COLOR_NAMES, MODELS, TYPE_NAMES, plan_identities
 
 SMALL = SyntheticCfg(train_ids=6, test_ids=6, images_per_id=6, cameras=3, image_size=48, seed=0)
 

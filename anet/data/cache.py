@@ -27,12 +27,7 @@ group-readable and -writable (0o664, folders 0o2775) whatever the writer's umask
 the folder's group reuses it (``chgrp team <cache_root> && chmod 2775 <cache_root>`` once: the setgid
 bit gives every new entry that group).
 
-Image policy (:func:`decode_resize`): grayscale (``L``, ``1``), palette (``P``, ``PA``), ``LA``/``RGBA``
-and ``CMYK`` images are valid and converted to RGB (alpha is dropped, the colour channels kept as
-stored). Quarantined, with the reason in ``quarantine.csv``: a listed file that does not exist
-(``missing``), zero bytes, truncated or unreadable data, not an image, other modes (16-bit / float),
-a shorter side below ``min_image_size`` pixels (``too small``), and content in another format than
-the file name says (``wrong format``: a PNG named ``.jpg``). Each counts against ``quarantine_max_fraction``.
+The image policy (what is converted, what is quarantined and why) is :mod:`anet.data.images`'s.
 
 Example:
     >>> prepared = prepare_dataset(manifest, Path(".cache/anet"), (128, 128), 0.01, min_image_size=16)
@@ -59,6 +54,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from anet.data.images import decode_resize
 from anet.data.manifest import Manifest
 from anet.errors import UserError
 from anet.io import atomic_write_text, pid_alive
@@ -66,10 +62,7 @@ from anet.io import atomic_write_text, pid_alive
 COMPLETE = "COMPLETE"
 SHARED_FILE, SHARED_DIR = 0o664, 0o2775  # group-readable/-writable, umask-independent; setgid keeps the group
 WORKERS = 2  # Pillow releases the GIL in decode and resize, so threads use both cores
-_FORMAT = 2  # of the cache content; 2: the image policy above (1 quarantined every non-RGB image)
-RGB_MODES = frozenset({"RGB", "L", "1", "P", "PA", "LA", "RGBA", "CMYK"})  # converted to RGB, not refused
-FORMATS_BY_SUFFIX = {".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".bmp": {"BMP"},
-                     ".webp": {"WEBP"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"}}  # MPO: camera JPEGs with a preview
+_FORMAT = 2  # of the cache content; 2: the image policy of anet.data.images (1 quarantined every non-RGB image)
 
 
 @dataclass(frozen=True)
@@ -130,7 +123,7 @@ def prepare_dataset(
 ) -> PreparedDataset:
     """Check, resize and cache every image of ``manifest``; reuse the cache when nothing changed.
 
-    Bad images (see the image policy in the module docstring: missing, unreadable, too small, content
+    Bad images (see the image policy in :mod:`anet.data.images`: missing, unreadable, too small, content
     not the format the name says, ...) are excluded and listed in ``quarantine.csv``; more than
     ``quarantine_max_fraction`` of the unique images quarantined raises a UserError naming the report.
     ``min_image_size`` (``data.min_image_size``): the shortest side, in pixels, an image must have.
@@ -176,55 +169,6 @@ def _build_and_publish(manifest: Manifest, paths: list[str], manifest_hash: str,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def decode_resize(data: bytes, size: tuple[int, int], *, min_side: int = 1,
-                  name: str = "") -> tuple[np.ndarray | None, str]:
-    """Decode image bytes and resize to (h, w): (uint8 H x W x 3, "") or (None, quarantine reason).
-
-    ``min_side``: the shortest side an image must have; ``name``: the file name, whose suffix the
-    content must match (unknown suffixes are not checked). Policy in the module docstring.
-    """
-    h, w = size
-    if not data:
-        return None, "zero bytes"
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            reason = refusal(img, name, min_side)
-            if reason:
-                return None, reason
-            img.draft("RGB", (w, h))  # JPEG DCT scaling when the image is >= 2x the target
-            img.load()
-            rgb = _to_rgb(img)
-            if rgb.size != (w, h):
-                rgb = rgb.resize((w, h), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8), ""  # H x W x 3
-    except UnidentifiedImageError:
-        return None, "not an image"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        text = str(exc)
-        return None, "truncated" if "truncated" in text.lower() else f"unreadable: {text}"
-
-
-def refusal(img: Image.Image, name: str, min_side: int) -> str:
-    """Why an opened (not yet decoded) image is refused, or ""; sizes are the file's, before any draft."""
-    suffix = Path(name).suffix.lower()
-    expected = FORMATS_BY_SUFFIX.get(suffix)
-    if expected is not None and img.format not in expected:
-        return f"wrong format: {img.format} content, name says {suffix}"
-    if img.mode not in RGB_MODES:
-        return f"mode {img.mode}"
-    if min(img.size) < min_side:
-        return f"too small: {img.size[0]}x{img.size[1]}, shorter side below data.min_image_size={min_side}"
-    return ""
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # Pillow's advised path for palette transparency; alpha dropped below
-    return img.convert("RGB")
 
 
 def _manifest_hash(manifest: Manifest, size: tuple[int, int], min_side: int) -> str:

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anet.data.cache import FORMATS_BY_SUFFIX, PreparedDataset
+from anet.data.cache import PreparedDataset
+from anet.data.images import FORMATS_BY_SUFFIX
 from anet.errors import UserError
 from anet.io import atomic_write_text
 from anet.search.predictor import Predictions, ReidPredictor

@@ -1,14 +1,13 @@
 """The served model's body: images -> retrieval embedding + attribute probabilities with their names.
 
-Input is a batch of encoded images (JPEG / PNG bytes, or base64 text of them) or uint8 H x W x 3
-arrays; each is decoded and resized exactly as the prepared cache does (:func:`anet.data.cache.
-decode_resize`), normalised with the training config's mean / std (``TestTransform``) and run
-through :class:`anet.model.embedder.ReidEmbedder`. So an image of the prepared cache gets the same
-feature here as in evaluation. Everything the predictor needs is in three files (the MLflow model's
-artifacts, written by :func:`anet.search.served.write_artifacts`): a slim checkpoint,
-``preprocess.json`` (image size, mean, std, feature, flip) and ``vocab.json`` (class names per
-attribute, the prepared dataset's vocabularies). This module is what a served model imports at
-load time, so it stays light (no matplotlib, no mlflow).
+Input is a batch of encoded images (JPEG / PNG bytes, or base64 text of them) or uint8 H x W x 3 arrays; each
+is decoded and resized exactly as the prepared cache does (:func:`anet.data.images.decode_resize`), normalised
+with the training config's mean / std (``TestTransform``) and run through
+:class:`anet.model.embedder.ReidEmbedder`. So an image of the prepared cache gets the same feature here as in
+evaluation. Everything the predictor needs is in three files (the MLflow model's artifacts, written by
+:func:`anet.search.served.write_artifacts`): a slim checkpoint, ``preprocess.json`` (image size, mean, std,
+feature, flip) and ``vocab.json`` (class names per attribute, the prepared dataset's vocabularies). This
+module is what a served model imports at load time, so it stays light (no matplotlib, no mlflow).
 
 Example:
     >>> predictor = ReidPredictor.from_dir("out/artifacts")      # model.pt, preprocess.json, vocab.json
@@ -34,7 +33,7 @@ from PIL import Image
 
 from anet.config import AugmentCfg
 from anet.data.augment import TestTransform
-from anet.data.cache import decode_resize
+from anet.data.images import decode_resize
 from anet.errors import UserError
 from anet.model.checkpoint_io import load_model_from_checkpoint
 from anet.model.embedder import ReidEmbedder

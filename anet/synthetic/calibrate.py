@@ -29,7 +29,8 @@ from PIL import Image
 
 from anet.config import ConfigError, SyntheticCfg, load_config
 from anet.evaluation.ranking import rank_metrics
-from anet.synthetic.generator import COLOR_NAMES, TYPE_NAMES, SyntheticSample, plan_identities, render_dataset
+from anet.synthetic.generator import SyntheticSample, render_dataset
+from anet.synthetic.plan import COLOR_NAMES, TYPE_NAMES, plan_identities
 
 
 def _metrics(q: np.ndarray, g: np.ndarray, qs: list[SyntheticSample], gs: list[SyntheticSample]) -> dict:
