@@ -64,19 +64,8 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
     profile = profile or dataset
     on_cluster = bool(os.environ.get("KFP_HOST"))
     cfg = _run_config(resolve_config(profile, overrides, settings, dataset=dataset), on_cluster)
-    if not on_cluster:  # there the steps' pods check their own folders (the prepare step)
-        check_run_paths(cfg, outputs={"--pipeline-root": pipeline_root})
-    steps.check_dataset_available(cfg)
-    if not on_cluster:
-        resolve_pretrained(cfg.model.pretrained)  # offline or a bad hash: one line before any work
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = _check_endpoints()
-    closed = doctor.close_orphaned_runs(cfg.data.dataset)
-    if closed.closed:
-        log.warning("%s", closed.describe())
-    if on_cluster and not uri.startswith(("http://", "https://", "databricks")):
-        raise UserError(f"MLFLOW_TRACKING_URI={tracking.redact_url(uri)} is a store on this machine: pods on the "
-                        "cluster cannot reach it; set it to your tracking server (http(s)://...)")
+    uri = _preflight(cfg, on_cluster, pipeline_root)
     client = kfp_client() if on_cluster else None
     try:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # the step subprocesses inherit it (same store, absolute)
@@ -103,6 +92,26 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_uri
     return dataclasses.replace(outcome, tracking_uri=uri)
+
+
+def _preflight(cfg: ExperimentConfig, on_cluster: bool, pipeline_root: str | os.PathLike[str]) -> str:
+    """Everything checkable before a run starts (one line each, ``UserError``); returns the tracking URI.
+
+    Also closes the runs of drivers that died earlier (``anet runs doctor``'s sweep).
+    """
+    if not on_cluster:  # there the steps' pods check their own folders (the prepare step)
+        check_run_paths(cfg, outputs={"--pipeline-root": pipeline_root})
+    steps.check_dataset_available(cfg)
+    if not on_cluster:
+        resolve_pretrained(cfg.model.pretrained)  # offline or a bad hash: one line before any work
+    uri = _check_endpoints()
+    closed = doctor.close_orphaned_runs(cfg.data.dataset)
+    if closed.closed:
+        log.warning("%s", closed.describe())
+    if on_cluster and not uri.startswith(("http://", "https://", "databricks")):
+        raise UserError(f"MLFLOW_TRACKING_URI={tracking.redact_url(uri)} is a store on this machine: pods on the "
+                        "cluster cannot reach it; set it to your tracking server (http(s)://...)")
+    return uri
 
 
 def _run_config(cfg: ExperimentConfig, on_cluster: bool) -> ExperimentConfig:
