@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import shutil
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 from mlflow_server import free_port
+from PIL import Image
 from test_search import SearchSetup, build_setup
 
 from anet.search.served import png_bytes
@@ -99,6 +101,18 @@ def test_api_mistakes_answer_400_with_one_line(page_url):
     assert status == 400 and "not a class of color" in body["error"]
     status, body = _post(page_url + "/api/search", {"image": base64.b64encode(b"nope").decode()})
     assert status == 400 and "not a usable image" in body["error"]
+    status, body = _post(page_url + "/api/search", {"item": 0, "k": 0})
+    assert status == 400 and body["error"].startswith("k: ") and "takes JSON" in body["error"]
+    jpeg = io.BytesIO()  # an upload sent as a form or as the raw file, not JSON: one line, never a 500
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
+    form = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n\r\n"
+            + jpeg.getvalue() + b"\r\n--b--\r\n")
+    for data, kind, expect in ((form, "multipart/form-data; boundary=b", "takes JSON"),
+                               (jpeg.getvalue(), "application/json", "error parsing the body")):
+        request = urllib.request.Request(page_url + "/api/search", data, {"Content-Type": kind})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        assert err.value.code == 400 and expect in json.loads(err.value.read())["error"]
 
 
 @pytest.mark.slow

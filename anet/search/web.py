@@ -51,7 +51,9 @@ class SearchRequest(BaseModel):
 def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> Any:
     """The FastAPI app; ``predictor`` (the index's model) is loaded from the registry when not given."""
     from fastapi import FastAPI, Request  # lazy: only the page needs fastapi
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="anet search", docs_url=None, redoc_url=None)
     loaded: dict[str, ReidPredictor] = {} if predictor is None else {"model": predictor}
@@ -59,6 +61,14 @@ def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> A
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)  # e.g. a body not JSON
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_line(exc.errors())}, status_code=400)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -91,6 +101,16 @@ def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> A
                 "hits": [_hit(h, index) for h in hits.to_dict("records")]}
 
     return app
+
+
+def _validation_line(errors: Any) -> str:
+    """One line for a body FastAPI could not read, naming the field and never echoing the input (an upload
+    sent as a form instead of JSON would otherwise come back as a 500 from encoding its bytes)."""
+    first = next(iter(errors), {})
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    what = first.get("msg", "not valid")
+    return (f"{where}: {what}; POST /api/search takes JSON: {{\"image\": <base64> | \"item\": <n>, \"k\": 1..500, "
+            "\"filters\": {...}, \"cameras\": [...], \"min_confidence\": 0..1}")
 
 
 def _info(index: GalleryIndex) -> dict[str, Any]:
