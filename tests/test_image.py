@@ -169,6 +169,8 @@ def test_compiled_pipeline_runs_task_by_task_in_the_image_and_registers(image, p
     assert registered["status"] == "succeeded" and registered["model_version"], registered
     assert [v.version for v in versions] == [str(registered["model_version"])]
     assert any((pvc / "cache").iterdir()), "the prepared cache should live on the PVC"
+    checkpoints = pvc / "checkpoints"  # the train steps' retry checkpoints: on the PVC, removed by evaluate
+    assert checkpoints.is_dir() and not any(checkpoints.iterdir()), sorted(checkpoints.rglob("*"))
     commit_tag = versions[0].tags.get("git.commit")
     (RECORD.parent / "emulation.json").write_text(json.dumps({"timing": timing, "git_commit_tag": commit_tag},
                                                              indent=1) + "\n")
