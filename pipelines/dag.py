@@ -156,6 +156,7 @@ def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | No
         ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
                       mlflow_parent_run_id=parent).set_display_name("evaluate")
         _platform(ev, cache_pvc, SECRETS, cpu="4", memory="16G")
+        ev.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)  # it removes the run's retry checkpoints
         reg = register_model(config_json=resolved, dataset=dataset, evaluation_json=ev.outputs["Output"],
                              model=two.outputs["model"], mlflow_parent_run_id=parent,
                              promote=promote)

@@ -146,6 +146,8 @@ def test_multi_gpu_train_tasks_get_shared_memory_placement_and_a_checkpoint_root
     assert train["tolerations"][0]["key"] == "nvidia.com/gpu" and train["tolerations"][0]["operator"] == "Exists"
     env = {e["name"]: e["value"] for e in ir["deploymentSpec"]["executors"]["exec-train"]["container"]["env"]}
     assert env["ANET_EXPECT_GPUS"] == "2" and env["ANET_CHECKPOINT_ROOT"].startswith("/mnt/anet/")
+    evaluate = {e["name"]: e["value"] for e in ir["deploymentSpec"]["executors"]["exec-evaluate"]["container"]["env"]}
+    assert evaluate["ANET_CHECKPOINT_ROOT"] == env["ANET_CHECKPOINT_ROOT"]  # the step that removes them once evaluated
     assert "emptyDirMounts" not in platform_of(1)[1]["exec-train"]  # one GPU: no NCCL, no extra shm
 
 
