@@ -44,15 +44,15 @@ def read_dataset(name: str, root: str | os.PathLike[str]) -> Manifest:
     """
     match name:
         case "veri776":
-            from anet.data.readers.veri776 import read_veri776  # lazy: the reader modules import this package's helpers
+            from anet.data.readers.veri776 import read_veri776  # lazy: readers import this package
 
             return read_veri776(root)
         case "veriwild":
-            from anet.data.readers.veriwild import read_veriwild  # lazy: the reader modules import this package's helpers
+            from anet.data.readers.veriwild import read_veriwild  # lazy: readers import this package
 
             return read_veriwild(root)
         case "vehicleid":
-            from anet.data.readers.vehicleid import read_vehicleid  # lazy: the reader modules import this package's helpers
+            from anet.data.readers.vehicleid import read_vehicleid  # lazy: readers import this package
 
             return read_vehicleid(root)
         case _:
