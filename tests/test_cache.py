@@ -147,7 +147,7 @@ def test_killed_prepare_leaves_no_valid_cache(dataset, tmp_path):
     manifest.save(tmp_path / "m.parquet")
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(tmp_path / "m.parquet"),
                              str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "decoding"
+    assert proc.stdout.readline().startswith("decoding")  # two decode threads may print on one line
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
