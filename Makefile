@@ -34,6 +34,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev,cluster]"
+	# FastReID 1.4.0 is the reference the equality tests compare against; it pins torch 1.13, so without deps
+	$(PY) -m pip install -q --no-deps "fastreid==1.4.0"
 	@touch $(STAMP)
 
 test: setup
