@@ -50,6 +50,8 @@ def test_a_hash_is_reported_only_for_data_dvc_verified(tmp_path, monkeypatch):
     monkeypatch.chdir(repo)
     md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
     assert verified_data_hash(repo / "data" / "smoke") == md5
+    shutil.rmtree(repo / ".dvc" / "cache")  # a fresh clone: the workspace's own hash is what counts
+    assert verified_data_hash(repo / "data" / "smoke") == md5
     generate_synthetic(small, tmp_path / "elsewhere")
     assert verified_data_hash(tmp_path / "elsewhere") is None  # not under a tracked output
     image = next((repo / "data" / "smoke").rglob("*.jpg"))

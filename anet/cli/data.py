@@ -56,7 +56,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     regen = actions.add_parser("regenerate", help="regenerate the DVC-tracked synthetic data and check its hash",
                                description="Render the synthetic dataset a profile uses from its seed into "
-                               "data.root, check it against the hash data.dvc tracks (DVC status), add it to "
+                               "data.root, check its hash against the one data.dvc tracks, add it to "
                                "the DVC cache and push it when a default remote is configured.")
     regen.add_argument("--profile", default="synthetic", help="config profile (default: synthetic)")
     regen.set_defaults(func=regenerate_command)
@@ -85,7 +85,7 @@ def regenerate_command(args: argparse.Namespace) -> int:
     tracked = verified_data_hash(root)
     if tracked is None:
         raise UserError(f"{root}: regenerated, but {repo}/data.dvc does not track exactly this (another dataset "
-                        "under data/, or a renderer that changed): `dvc status` shows the difference; "
+                        "under data/, or a renderer that changed): `dvc data status` shows the difference; "
                         "`dvc add data` records the new state")
     dvc(repo, "commit", "--force", "data.dvc")  # the verified files into the DVC cache
     pushed = bool(default_remote(repo)) and bool(dvc(repo, "push", "data.dvc") or True)

@@ -88,9 +88,11 @@ def dvc_pull(root: Path) -> None:
 def verified_data_hash(root: Path) -> str | None:
     """The md5 DVC tracks for the data under ``root``, only if what is on disk is exactly that.
 
-    None when ``root`` is not inside a DVC-tracked output, or when ``dvc status`` reports a
-    difference (generated or edited data that was never added): MLflow then records no hash
-    rather than one for data DVC never saw.
+    The workspace's own hash is compared with the tracked one (``dvc data status``: "unchanged"), so
+    a fresh clone whose DVC cache is still empty verifies too (``dvc status`` would report "not in
+    cache"). None when ``root`` is not inside a DVC-tracked output, or when the data on disk differs
+    (generated or edited data that was never added): MLflow then records no hash rather than one for
+    data DVC never saw.
     """
     repo = dvc_root(root.parent if root.parent.exists() else Path.cwd(), or_cwd=True)
     if repo is None or not root.exists():
@@ -99,12 +101,25 @@ def verified_data_hash(root: Path) -> str | None:
         out = _tracked_output(dvc_file)
         if out is None or not _inside(root.resolve(), (repo / out[0]).resolve()):
             continue
-        try:
-            status = json.loads(dvc(repo, "status", "--json", dvc_file.name) or "{}")
-        except (UserError, ValueError):
-            return None
-        return None if status else out[1]
+        return out[1] if _workspace_matches(repo, out[0]) else None
     return None
+
+
+def _workspace_matches(repo: Path, out_path: str) -> bool:
+    """Whether the workspace's hash of the tracked output ``out_path`` equals the one its .dvc file records."""
+    try:
+        status = json.loads(dvc(repo, "data", "status", "--json", "--unchanged") or "{}")
+    except (UserError, ValueError):
+        return False
+    names = {out_path.rstrip("/"), out_path.rstrip("/") + "/"}
+
+    def listed(entry: object) -> bool:  # a list of paths, or {"modified": [...], "added": [...], ...}
+        values = entry.values() if isinstance(entry, dict) else [entry]
+        return any(names & set(v if isinstance(v, list) else [v]) for v in values)
+
+    changed = listed(status.get("uncommitted", {}))  # added / modified / deleted / unknown
+    # "committed": data.dvc differs from git's HEAD (an import not yet committed to git), the files match it
+    return not changed and (listed(status.get("unchanged", [])) or listed(status.get("committed", {})))
 
 
 def _tracked_output(dvc_file: Path) -> tuple[str, str] | None:
