@@ -22,6 +22,7 @@ ORDER: list[tuple[str, ...]] = [
     ("config",),
     ("model",),
     ("losses",),
+    ("fastreid_losses",),
     ("data",),
     ("train",),
     ("evaluation",),
@@ -32,7 +33,7 @@ ORDER: list[tuple[str, ...]] = [
     ("cli",),
     ("__main__",),
 ]
-CORE = ("errors", "io", "logs", "config", "model", "losses", "data", "train", "evaluation", "synthetic")
+CORE = ("errors", "io", "logs", "config", "model", "losses", "fastreid_losses", "data", "train", "evaluation", "synthetic")
 PROJECT = ("anet", "components", "pipelines")
 
 
