@@ -149,7 +149,9 @@ class RuntimeCfg(_Frozen):
 
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # auto: fp32 or bf16, whichever steps faster on this machine, timed at the start of each stage
+    # (anet.train.precision); evaluation under auto runs in fp32
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "bf16"
     channels_last: bool = True
     deterministic: bool = False
     num_threads: int = Field(0, ge=0)

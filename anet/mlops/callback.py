@@ -46,6 +46,12 @@ class MlflowCallback(Callback):
         self.outage_since: float | None = None  # monotonic time of the first failed send
         self.last_attempt = 0.0
 
+    def on_measured(self, stage_name: str, params: dict[str, str], metrics: dict[str, float]) -> None:
+        """What set-up measured (``runtime.precision: auto``): params at once, metrics queued at step 0."""
+        with retry.outage_as_user_error(f"logging {stage_name}'s set-up params"):
+            record.log_params(str(self.run_id), params)
+        self._queue(metrics, 0)
+
     def on_epoch_end(self, stage_name: str, epoch: int, terms: dict[str, float]) -> None:
         self._queue({f"train/{name}": value for name, value in terms.items()}, epoch)
 

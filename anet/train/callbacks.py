@@ -33,6 +33,10 @@ class Callback:
     def on_stage_start(self, stage_name: str, start_epoch: int, epochs: int, steps_per_epoch: int) -> None:
         """Called once before the first epoch; ``start_epoch`` > 1 when resuming."""
 
+    def on_measured(self, stage_name: str, params: dict[str, str], metrics: dict[str, float]) -> None:
+        """Called before the first epoch with what the engine measured to set the run up (e.g. the
+        precision ``runtime.precision: auto`` chose, and each format's seconds per step)."""
+
     def on_step_end(self, stage_name: str, epoch: int, step: int, loss: float) -> None:
         """Called after every optimiser step (``step`` is 1-based within the epoch)."""
 

@@ -40,6 +40,7 @@ from anet.train.checkpoint import (
     save_state,
 )
 from anet.train.data import TrainData, make_optimizer, make_scheduler
+from anet.train.fit import before_first_epoch
 from anet.train.runtime import (
     RuntimeContext,
     all_reduce_mean,
@@ -152,6 +153,8 @@ def _setup(model: nn.Module, criterion: Callable[..., dict[str, torch.Tensor]], 
         load_weights(model, Path(init_from))
     if stage.freeze_f:
         freeze_for_amelioration(model)
+    # fit checked on CUDA, precision: auto measured; nothing is written before this passes
+    runtime = before_first_epoch(model, criterion, stage, data, runtime, ctx, out_dir, resume, callbacks)
     optimizer = make_optimizer(model, stage)
     state = TrainState(model, optimizer, make_scheduler(optimizer, stage, len(data.sampler)),
                        grad_scaler(ctx.device, runtime.precision), data.sampler, data.generators(), meta)
