@@ -59,6 +59,33 @@ class MlflowCallback(Callback):
         self._queue({(k if "/" in k else f"val/{k}"): v for k, v in metrics.items()}, epoch)
         return False
 
+    def on_resume(self, stage_name: str, records: list[dict[str, Any]]) -> None:
+        """Queue the checkpointed epochs this run lacks (``train/loss`` / the metrics not at that step):
+        a kill after the checkpoint, or a retried step's new run. Unknown during an outage: all queued."""
+        steps = self._logged_steps("train/loss")
+        for rec in records:
+            epoch, metrics = int(rec["epoch"]), rec.get("metrics") or {}
+            if epoch not in steps:
+                self.pending.extend(record.metric_items({f"train/{k}": v for k, v in rec["terms"].items()}, epoch))
+            named = {(k if "/" in k else f"val/{k}"): v for k, v in metrics.items()}
+            if named and epoch not in self._logged_steps(next(iter(named))):
+                self.pending.extend(record.metric_items(named, epoch))
+        if self.pending:
+            logger.info("%s: logging %d metric values of resumed epochs this run lacks", stage_name,
+                        len(self.pending))
+            self.flush()
+
+    def _logged_steps(self, key: str) -> set[int]:
+        """Steps of ``key`` already in the run; empty when the server cannot tell (outage)."""
+        from mlflow import MlflowClient
+
+        try:
+            return {m.step for m in MlflowClient().get_metric_history(self.run_id, key)}
+        except Exception as exc:  # noqa: BLE001 - better a value twice than an epoch lost
+            if not retry.is_outage(exc):
+                raise
+            return set()
+
     def on_stage_end(self, stage_name: str, result: Any) -> None:
         self.flush(final=True)
 

@@ -33,6 +33,11 @@ class Callback:
     def on_stage_start(self, stage_name: str, start_epoch: int, epochs: int, steps_per_epoch: int) -> None:
         """Called once before the first epoch; ``start_epoch`` > 1 when resuming."""
 
+    def on_resume(self, stage_name: str, records: list[dict[str, Any]]) -> None:
+        """Called after ``on_stage_start`` when a stage resumes, with the checkpoint's record of every
+        completed epoch (``{"epoch", "terms", "metrics"}``, metrics ``{}`` when none ran): add what you
+        lack, so a kill between the checkpoint and ``on_epoch_end`` loses no epoch's record."""
+
     def on_measured(self, stage_name: str, params: dict[str, str], metrics: dict[str, float]) -> None:
         """Called before the first epoch with what the engine measured to set the run up (e.g. the
         precision ``runtime.precision: auto`` chose, and each format's seconds per step)."""
@@ -99,6 +104,21 @@ class JsonlLogCallback(Callback):
         self._append({"stage": stage_name, "epoch": epoch, "metrics": _finite(metrics)}, replace_from=None)
         return False
 
+    def on_resume(self, stage_name: str, records: list[dict[str, Any]]) -> None:
+        """Write the lines of checkpointed epochs the log lacks (a kill came between the two)."""
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        have = {(rec.get("epoch"), kind) for rec in map(_parsed, lines) if rec.get("stage") == stage_name
+                for kind in ("terms", "metrics") if kind in rec}
+        for record in records:
+            epoch = int(record["epoch"])
+            if (epoch, "terms") not in have:
+                log.info("%s epoch %d: its log line was lost (killed after the checkpoint); written from "
+                         "last.pt", stage_name, epoch)
+                self.on_epoch_end(stage_name, epoch, record["terms"])  # drops this epoch's metrics line
+                have.discard((epoch, "metrics"))
+            if record["metrics"] and (epoch, "metrics") not in have:
+                self.on_eval(stage_name, epoch, record["metrics"])
+
     def _append(self, record: dict[str, Any], replace_from: int | None) -> None:
         lines = self.path.read_text().splitlines() if self.path.is_file() else []
         if replace_from is not None:
@@ -107,11 +127,16 @@ class JsonlLogCallback(Callback):
         atomic_write_text(self.path, "\n".join(lines) + "\n")
 
 
-def _is_stale(line: str, stage_name: str, epoch: int) -> bool:
+def _parsed(line: str) -> dict[str, Any]:
     try:
-        old = json.loads(line)
+        record = json.loads(line)
     except json.JSONDecodeError:
-        return False
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _is_stale(line: str, stage_name: str, epoch: int) -> bool:
+    old = _parsed(line)
     return old.get("stage") == stage_name and int(old.get("epoch", -1)) >= epoch
 
 

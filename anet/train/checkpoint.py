@@ -3,7 +3,12 @@
 A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_only=True``::
 
     {"model", "optimizer", "scheduler", "scaler", "sampler", "rng" (one entry per DDP rank), "epoch",
-     "config_digest", "stage", "num_ids", "attr_classes", "model_cfg"}
+     "config_digest", "stage", "num_ids", "attr_classes", "model_cfg",
+     "records" (every completed epoch's {"epoch", "terms", "metrics"}: what the run log must hold)}
+
+The records travel with the weights: a kill after ``last.pt`` is renamed into place but before the
+epoch reaches ``log.jsonl`` (or MLflow) loses nothing, because the resume hands them to the
+callbacks (:meth:`~anet.train.callbacks.Callback.on_resume`), which add what they lack.
 
 Reading a checkpoint back into a model (evaluation, registration) lives in
 :mod:`anet.model.checkpoint_io`, below this package, so that evaluation never imports training.
@@ -62,6 +67,12 @@ class TrainState:
     generators: dict[str, torch.Generator]
     meta: RunMeta
     epoch: int = 0  # completed epochs of this stage
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per epoch: terms, metrics
+
+    def keep_record(self, epoch: int, terms: dict[str, float], metrics: dict[str, float]) -> None:
+        """Remember epoch ``epoch``'s terms and metrics (a repeated epoch replaces its record)."""
+        self.records = [r for r in self.records if int(r["epoch"]) < epoch]
+        self.records.append({"epoch": epoch, "terms": dict(terms), "metrics": dict(metrics)})
 
 
 def run_meta(model: nn.Module, data: Any, stage: StageCfg, runtime: RuntimeCfg, config: Any | None,
@@ -96,6 +107,7 @@ def save_state(state: TrainState, path: Path, ctx: RuntimeContext) -> None:
         "num_ids": meta.num_ids,
         "attr_classes": meta.attr_classes,
         "model_cfg": meta.model_cfg,
+        "records": [r for r in state.records if int(r["epoch"]) <= state.epoch],
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -129,6 +141,7 @@ def restore_state(state: TrainState, path: Path, resume: bool, seed: int, rank: 
     else:  # more ranks than when saved: a fresh, rank-specific stream
         seed_everything(seed + 1000 * int(ckpt["epoch"]))
     state.epoch = int(ckpt["epoch"])
+    state.records = [r for r in ckpt.get("records", []) if int(r["epoch"]) <= state.epoch]  # older: none
 
 
 def save_final(last_path: Path, ctx: RuntimeContext) -> Path:

@@ -115,11 +115,14 @@ def train_stage(model: nn.Module, criterion: Callable[..., dict[str, torch.Tenso
     start_epoch = loop.state.epoch
     for cb in loop.callbacks:
         cb.on_stage_start(stage.name, start_epoch + 1, stage.epochs, len(data.sampler))
+        if loop.state.records:  # resumed: the log may lack what a kill after the checkpoint cut off
+            cb.on_resume(stage.name, loop.state.records)
     terms, last_metrics, stopped = {}, {}, None
     for epoch in range(start_epoch, stage.epochs):
         terms = _train_one_epoch(loop, epoch)
         due, metrics = _maybe_eval(loop, epoch, eval_fn)
         last_metrics = metrics if due else last_metrics
+        loop.state.keep_record(epoch + 1, terms, metrics if due else {})  # saved with the checkpoint
         if (epoch + 1) % stage.checkpoint_every == 0 or epoch + 1 == stage.epochs:
             _checkpoint(loop, epoch + 1)
         for cb in loop.callbacks:
@@ -160,7 +163,7 @@ def _setup(model: nn.Module, criterion: Callable[..., dict[str, torch.Tensor]], 
                        grad_scaler(ctx.device, runtime.precision), data.sampler, data.generators(), meta)
     restore_state(state, out_dir / "last.pt", resume, runtime.seed + ctx.rank, ctx.rank)
     cbs = ([ProgressCallback()] if progress else []) + list(callbacks) if ctx.is_main else []
-    return _Loop(state, wrap_ddp(model, ctx), criterion, stage, data, runtime, ctx, cbs, out_dir / "last.pt",
+    return _Loop(state, wrap_ddp(model, ctx, runtime.sync_bn), criterion, stage, data, runtime, ctx, cbs, out_dir / "last.pt",
                  saved_epoch=state.epoch if state.epoch > 0 else -1)
 
 
