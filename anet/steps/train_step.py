@@ -35,6 +35,7 @@ from anet.steps.common import (
     reported_step,
 )
 from anet.train.callbacks import Callback, EpochLogCallback
+from anet.train.fit import check_divides
 from anet.train.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def train(config_json: str, dataset_descriptor: str, stage_name: str, out_dir: s
                 out_dir=out_dir, init_from=init_from, parent_run_id=parent_run_id, trial_json=trial_json)
     cfg = ExperimentConfig.from_json(config_json)
     check_gpus(int(os.environ.get("ANET_EXPECT_GPUS", "0") or 0))
+    check_world(cfg)  # before any work: no download, no torchrun, no data read
     # resolved before torchrun starts, so every rank finds the weights already in the cache
     weights = resolve_pretrained(cfg.model.pretrained) if not init_from else None
     nproc = int(os.environ.get("ANET_NPROC", "1") or 1)
@@ -99,6 +101,12 @@ def check_gpus(expected: int) -> None:
         raise UserError(f"this train task requested {expected} GPU(s) but torch sees {visible} (CUDA_VISIBLE_DEVICES="
                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, torch {torch.__version__}); check the "
                         "node's NVIDIA device plugin and that the image has a CUDA build of torch (TORCH_SPEC)")
+
+
+def check_world(cfg: ExperimentConfig) -> None:
+    """The global batch must split over ``ANET_NNODES`` x ``ANET_NPROC`` ranks (one line otherwise)."""
+    nnodes, nproc = (int(os.environ.get(name, "1") or 1) for name in ("ANET_NNODES", "ANET_NPROC"))
+    check_divides(cfg.data.p_ids, cfg.data.k_imgs, nnodes * nproc, f"{nnodes} node(s) x {nproc} process(es)")
 
 
 def describe_device(cfg: ExperimentConfig) -> str:

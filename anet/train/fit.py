@@ -76,6 +76,7 @@ def check_fit(model: nn.Module, criterion: Criterion, stage: StageCfg, data: Tra
     probe = _Probe(model, criterion, data, ctx.device, runtime.channels_last, _optimizer_bytes(model, stage))
     peak = probe.peak(batch, precision)
     message = None if peak is not None and peak <= probe.budget else _advice(probe, batch, precision, peak, ctx)
+    message = message and f"{stage.name}: {message}"
     if not all_true(message is None, ctx):
         raise DoesNotFit(message or f"{stage.name}: one training step does not fit the GPU of another rank")
     log.info("%s: one step of %d images/GPU (%s) fits: ~%.1f GiB of %.1f GiB", stage.name, len(batch.labels),
@@ -134,7 +135,7 @@ def _advice(probe: _Probe, batch: Any, precision: str, peak: int | None, ctx: Ru
     gpus = next((n for n in range(ctx.world_size + 1, p + 1)
                  if p % n == 0 and probe.need(per_image, p * k // n) <= probe.budget), None)
     if gpus:
-        ways.append(f"on {gpus} GPUs ({p * k // gpus} images each: --nodes x --gpus = {gpus})")
+        ways.append(f"on {gpus} GPUs in all ({p * k // gpus} images each; nodes x GPUs per node = {gpus})")
     if precision == "fp32":
         bf16 = probe.peak(batch, "bf16")
         if bf16 is not None and bf16 <= probe.budget:
