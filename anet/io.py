@@ -3,7 +3,9 @@
 Temporary siblings are named ``.<target name>.tmp-<host>-<pid>-<random>[suffix].tmp`` (directories may
 end in ``.old``), so a later start can tell a live writer's file from the leftover of a killed one
 (:func:`remove_stale_temps`): the owner is dead on this host, or (another host, a reused pid) the
-file has not changed for longer than any write takes.
+file has not changed for longer than any write takes. ``<host>`` is the host name plus the PID
+namespace (``vm_4026531836``): two pods on one shared volume, even with one host name (hostNetwork,
+``unshare --pid``), each see only their own pids, so a pid is only checked where it means something.
 
 Example:
     >>> with atomic_path("runs/x/stage_one/last.pt") as tmp:   # .last.pt.tmp-host-4242-k3j9x1qa.tmp
@@ -32,8 +34,14 @@ _LEGACY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?\.(tmp|old)
 
 
 def host_tag() -> str:
-    """This host's name as it appears in temp names (letters, digits and ``_`` only, at most 32)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32]
+    """Where this process's pids mean something, as temp names carry it: the host name and the PID
+    namespace's inode (letters, digits and ``_`` only, at most 32): ``vm_4026531836``."""
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+    try:  # "pid:[4026531836]"; another container or `unshare --pid` has another one
+        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        namespace = ""
+    return f"{host[:21]}_{namespace}" if namespace else host[:32]
 
 
 def temp_prefix(name: str) -> str:
@@ -121,7 +129,7 @@ def is_stale_temp(path: Path, now: float | None = None, max_age_s: float = STALE
     if match is None and _LEGACY.match(path.name) is None:
         return False
     try:
-        idle = (time.time() if now is None else now) - path.lstat().st_mtime
+        idle = (time.time() if now is None else now) - _last_change(path)
     except FileNotFoundError:
         return False
     if match is None or match["host"] != host_tag():
@@ -164,6 +172,15 @@ def remove_stale_temps(folder: str | os.PathLike[str], name: str | None = None,
         removed.append(path)
         log.info("removed %s (%.1f MB), left by an interrupted write", path, size / 1e6)
     return removed
+
+
+def _last_change(path: Path) -> float:
+    """mtime of a file; of a folder, the newest of it and its entries (a build writes into its files)."""
+    times = [path.lstat().st_mtime]
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            times += [entry.stat(follow_symlinks=False).st_mtime for entry in os.scandir(path)]
+    return max(times)
 
 
 def _size(path: Path) -> int:

@@ -22,6 +22,7 @@ from anet.data.loader import TrainBatches, iter_eval_batches
 from anet.data.manifest import build_manifest
 from anet.data.sampler import PKSampler
 from anet.errors import UserError
+from anet.io import host_tag
 
 VOCAB = {"color": ["red", "blue", "white"], "type": ["sedan", "suv"]}
 
@@ -176,3 +177,45 @@ def test_train_and_eval_batches(dataset, tmp_path):
     query = prepared.rows("gallery", "test")
     chunks = list(iter_eval_batches(prepared, query, batch_size=1))
     assert [c.shape for c in chunks] == [(1, 16, 8, 3)] * 2
+
+
+def test_a_cache_found_incomplete_is_refused_in_one_line_and_rebuilt_by_prepare(dataset, tmp_path):
+    root, records = dataset
+    manifest = build_manifest("synthetic", root, records, VOCAB)
+    prepared = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
+    (prepared.cache_dir / "images.npy").unlink()  # COMPLETE without its images (a build deleted under it)
+    with pytest.raises(UserError, match=r"incomplete prepared cache \(no images.npy\); never loaded") as err:
+        PreparedDataset.open(prepared.cache_dir)
+    assert "\n" not in str(err.value)
+    again = prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
+    assert again.cache_dir == prepared.cache_dir and again.images.shape == (len(records), 16, 16, 3)
+    assert _entries(tmp_path / "cache") == [again.cache_dir.name]
+    np.save(again.cache_dir / "images.npy", np.zeros((3, 16, 16, 3), np.uint8))  # rows missing
+    with pytest.raises(UserError, match=r"images.npy is \(3, 16, 16, 3\), meta.json says \(27, 16, 16, 3\)"):
+        PreparedDataset.open(again.cache_dir)
+
+
+def test_a_build_whose_folder_vanished_publishes_nothing(dataset, tmp_path, monkeypatch):
+    root, records = dataset
+    manifest = build_manifest("synthetic", root, records, VOCAB)
+    real_build = cache_mod._build
+
+    def build_then_lose_images(manifest, paths, size, min_side, tmp, progress):
+        digests = real_build(manifest, paths, size, min_side, tmp, progress)
+        (tmp / "images.npy").unlink()  # another pod's clean-up removed the live build meanwhile
+        return digests
+
+    monkeypatch.setattr(cache_mod, "_build", build_then_lose_images)
+    with pytest.raises(UserError, match=r"lost files while it ran \(no images.npy; another process"):
+        prepare_dataset(manifest, tmp_path / "cache", (16, 16), 0.0, progress=False)
+    assert _entries(tmp_path / "cache") == []  # nothing published, the build folder removed
+
+
+def test_cache_temp_folders_carry_host_namespace_and_pid(dataset, tmp_path, monkeypatch):
+    root, records = dataset
+    seen = []
+    real_build = cache_mod._build
+    monkeypatch.setattr(cache_mod, "_build", lambda *args: seen.append(args[4].name) or real_build(*args))
+    prepare_dataset(build_manifest("synthetic", root, records, VOCAB), tmp_path / "cache", (16, 16), 0.0,
+                    progress=False)
+    assert seen[0].startswith(f".synthetic-16x16.tmp-{host_tag()}-{os.getpid()}-") and seen[0].endswith(".tmp")

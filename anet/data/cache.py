@@ -20,6 +20,12 @@ decoded once more and the existing directory is kept. The directory is built und
 name and renamed into place after the ``COMPLETE`` marker is written, so a killed prepare never
 leaves a cache that looks valid.
 
+Many pods may prepare into one shared volume at once. Temp folders follow :mod:`anet.io`'s rule
+(``.<dataset>-<h>x<w>.tmp-<host>-<pid>-<random>.tmp``: a dead writer's is removed at the next start,
+another host's or PID namespace's only after 6 h untouched), publication checks that every file is
+there (a build whose folder vanished under it publishes nothing), and a cache found incomplete is
+never loaded: ``prepare_dataset`` rebuilds it, :meth:`PreparedDataset.open` refuses it in one line.
+
 Rows of quarantined images stay zero in ``images.npy``; no manifest row points at them.
 
 A cache may be shared by a team: every file of a published cache and of ``.memo`` is made
@@ -38,11 +44,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,8 +64,9 @@ import pandas as pd
 from anet.data.images import decode_resize
 from anet.data.manifest import Manifest
 from anet.errors import UserError
-from anet.io import atomic_write_text, pid_alive
+from anet.io import STALE_AFTER_S, atomic_write_text, remove_stale_temps, temp_prefix
 
+log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
 SHARED_FILE, SHARED_DIR = 0o664, 0o2775  # group-readable/-writable, umask-independent; setgid keeps the group
 WORKERS = 2  # Pillow releases the GIL in decode and resize, so threads use both cores
@@ -82,6 +92,9 @@ class PreparedDataset:
                 f"{cache_dir}: not a complete prepared cache (no {COMPLETE} marker: missing, or a prepare "
                 "was interrupted); run the prepare step again"
             )
+        if problem := incomplete(cache_dir):
+            raise UserError(f"{cache_dir}: an incomplete prepared cache ({problem}); never loaded: delete it "
+                            "and run the prepare step again (or rerun it: prepare rebuilds such a cache)")
         meta = json.loads((cache_dir / "meta.json").read_text())
         images = np.load(cache_dir / "images.npy", mmap_mode="r")
         quarantine = pd.read_csv(cache_dir / "quarantine.csv", dtype=str, keep_default_na=False)
@@ -152,13 +165,16 @@ def _build_and_publish(manifest: Manifest, paths: list[str], manifest_hash: str,
     """Read, hash and decode every image once into a temp dir; rename it to its fingerprint name."""
     prefix = f"{manifest.dataset}-{size[0]}x{size[1]}"
     _remove_dead_temps(cache_root, prefix)
-    tmp = cache_root / f".tmp-{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = cache_root / f"{temp_prefix(prefix)}{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir(parents=True)
     try:
         digests = _build(manifest, paths, size, min_side, tmp, progress)
         fingerprint = hashlib.sha256((manifest_hash + "\n" + "\n".join(digests)).encode()).hexdigest()
         final = cache_root / f"{prefix}-{fingerprint[:16]}"
-        if not (final / COMPLETE).is_file():  # else: same content under new mtimes, keep the existing one
+        if incomplete(final):  # else: same content under new mtimes, keep the existing one
+            if problem := incomplete(tmp, marker=False):
+                raise UserError(f"{tmp}: the cache this prepare was building lost files while it ran ({problem}; "
+                                "another process removed it?); nothing was published: run the prepare step again")
             meta = json.loads((tmp / "meta.json").read_text()) | {"fingerprint": fingerprint}
             atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
             atomic_write_text(tmp / COMPLETE, fingerprint + "\n")
@@ -199,7 +215,7 @@ def _lookup(memo: Path, cache_root: Path) -> Path | None:
         final = cache_root / memo.read_text().strip()
     except OSError:
         return None
-    return final if (final / COMPLETE).is_file() else None
+    return None if incomplete(final) else final
 
 
 def _build(manifest: Manifest, paths: list[str], size: tuple[int, int], min_side: int, tmp: Path,
@@ -256,14 +272,34 @@ def _check_quarantine(quarantine: pd.DataFrame, total: int, limit: float, report
         )
 
 
+def incomplete(cache_dir: Path, marker: bool = True) -> str:
+    """What a cache folder lacks (``""``: nothing): a file, or ``images.npy`` rows of the size meta.json
+    says. ``marker=False``: a build about to be published (its ``COMPLETE`` is not written yet)."""
+    wanted = ([COMPLETE] if marker else []) + ["meta.json", "manifest.parquet", "quarantine.csv", "images.npy"]
+    if missing := [name for name in wanted if not (cache_dir / name).is_file()]:
+        return f"no {', '.join(missing)}"
+    try:
+        meta = json.loads((cache_dir / "meta.json").read_text())
+        shape = np.load(cache_dir / "images.npy", mmap_mode="r").shape  # reads the header, checks the length
+        expected = (int(meta["num_images"]), *map(int, meta["image_size"]), 3)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return "" if shape == expected else f"images.npy is {shape}, meta.json says {expected}"
+
+
 def _publish(tmp: Path, final: Path) -> None:
-    """Rename the finished ``tmp`` onto ``final``; if a concurrent prepare won, keep theirs."""
-    if final.exists() and not (final / COMPLETE).exists():
-        shutil.rmtree(final, ignore_errors=True)  # not made by us (rename is all-or-nothing): junk
+    """Rename the finished ``tmp`` onto ``final``; if a concurrent prepare won, keep theirs. An incomplete
+    ``final`` (a prepare from before publication was checked, a file deleted by hand) is replaced."""
+    if final.exists() and incomplete(final):
+        log.warning("%s: incomplete prepared cache (%s); replaced by a fresh build", final, incomplete(final))
+        junk = final.with_name(f"{temp_prefix(final.name)}{uuid.uuid4().hex[:8]}.old")
+        with contextlib.suppress(FileNotFoundError):  # another prepare may be replacing it too
+            os.rename(final, junk)
+        shutil.rmtree(junk, ignore_errors=True)
     try:
         os.rename(tmp, final)
     except OSError:
-        if not (final / COMPLETE).is_file():
+        if incomplete(final):
             raise
 
 
@@ -277,11 +313,14 @@ def share_with_group(folder: Path) -> None:
 
 
 def _remove_dead_temps(cache_root: Path, prefix: str) -> None:
-    """Drop temp dirs left by killed prepare processes (their pid is in the name)."""
+    """Drop temp dirs left by killed prepare processes (:func:`anet.io.remove_stale_temps`: host, PID
+    namespace and pid in the name), and those of older versions (``.tmp-<prefix>-<pid>-*``, no host) only
+    once untouched for :data:`~anet.io.STALE_AFTER_S`: their pid may belong to another pod."""
+    remove_stale_temps(cache_root, name=prefix)
     for tmp in cache_root.glob(f".tmp-{prefix}-*"):
-        pid = tmp.name[len(f".tmp-{prefix}-"):].split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _progress(items: Iterator, total: int, desc: str, enabled: bool) -> Iterator:
