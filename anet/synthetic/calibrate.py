@@ -73,6 +73,11 @@ def label_stats(cfg: SyntheticCfg) -> dict[str, Any]:
         out[split] = {"ids": int(sizes.sum()), "pairs": len(counts), "ids_per_pair_min": int(sizes.min()),
                       "ids_per_pair_median": float(np.median(sizes)), "ids_per_pair_max": int(sizes.max()),
                       "unique_pairs": int((sizes == 1).sum())}
+    train_pairs = {(i.color, i.type) for i in idents if i.split == "train"}
+    unseen = [i for i in idents if i.split == "test" and (i.color, i.type) not in train_pairs]
+    # a (colour, type) pair no training identity has: each attribute is known, the combination is new
+    out["test"]["pairs_not_in_train"] = len({(i.color, i.type) for i in unseen})
+    out["test"]["ids_with_pair_not_in_train"] = len(unseen)
     total = Counter((i.color, i.type) for i in idents)
     out["all"] = {"pairs": len(total), "unique_pairs": sum(v == 1 for v in total.values()),
                   "colors_used": len({c for c, _ in total}), "types_used": len({t for _, t in total}),
