@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from anet.data.augment import BatchAugment
 from anet.data.loader import TrainBatches
 from anet.data.sampler import PKSampler
 from anet.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -48,6 +51,8 @@ def build_train_data(prepared: Any, cfg: ExperimentConfig, rank: int = 0, world_
     train = prepared.train_rows()
     sampler = PKSampler(train["label"].to_numpy(), p=cfg.data.p_ids, k=cfg.data.k_imgs, seed=cfg.runtime.seed,
                         rank=rank, world_size=world_size)
+    log.info("train data: %d images of %d ids, P x K = %d x %d per step (global batch): %d steps per epoch",
+             len(train), train["label"].nunique(), cfg.data.p_ids, cfg.data.k_imgs, len(sampler))
     attributes = tuple(cfg.data.attributes)
     return TrainData(
         sampler=sampler,
