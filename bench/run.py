@@ -1,6 +1,6 @@
 """``make bench``: run each benchmark in its own process and collect their JSON reports.
 
-    python -m bench.run                 # data, eval, train, search
+    python -m bench.run                 # data, eval, train, search, rerank
     python -m bench.run --only eval     # one of them
     make bench ARGS="--only train"
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 BENCHES = {"data": "bench.data_bench", "eval": "bench.eval_bench", "train": "bench.train_bench",
-           "search": "bench.search_bench"}
+           "search": "bench.search_bench", "rerank": "bench.rerank_bench"}
 
 
 def run_one(module: str, extra: list[str]) -> dict:

@@ -21,7 +21,9 @@ import numpy as np
 from anet.config import load_config
 from anet.errors import UserError
 from anet.evaluation.ranking import rank_metrics
+from anet.evaluation.rerank import rerank_metrics
 from anet.evaluation.run import evaluate_checkpoint
+from anet.steps.preflight import check_writable
 
 FEATURE_ARRAYS = ("query_feats", "query_ids", "query_cams", "gallery_feats", "gallery_ids", "gallery_cams")
 
@@ -36,6 +38,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     feats.add_argument("--max-rank", type=int, default=50)
     feats.add_argument("--no-junk-removal", action="store_true", help="keep same-id same-camera gallery items")
     feats.add_argument("--block-size", type=int, default=1024, help="queries per block (memory bound)")
+    feats.add_argument("--rerank", action="store_true",
+                       help="also score after k-reciprocal re-ranking (keys rerank/<metric>; exact, bounded memory)")
+    feats.add_argument("--k1", type=int, default=20, help="re-ranking k1 (default 20)")
+    feats.add_argument("--k2", type=int, default=6, help="re-ranking k2, query expansion (default 6)")
+    feats.add_argument("--lambda", dest="lambda_value", type=float, default=0.3,
+                       help="re-ranking weight of the original distance (default 0.3)")
     feats.set_defaults(func=evaluate_features_command)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on a prepared cache",
@@ -46,6 +54,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--profile", default="synthetic", help="config profile for eval/augment/runtime settings")
     ev.add_argument("--feature", choices=("f", "fa", "j"), help="retrieval feature (default: profile's eval.feature)")
     ev.add_argument("--flip", action="store_true", help="average with the mirrored image's feature")
+    ev.add_argument("--rerank", action="store_true", help="also score after re-ranking (eval.rerank, rerank/<metric>)")
     ev.add_argument("--out", type=Path, default=Path("eval_out"), help="report directory (default: eval_out)")
     ev.add_argument("--device", choices=("cpu", "cuda"), help="default: CUDA when available")
     ev.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default: profile's runtime.precision")
@@ -90,10 +99,12 @@ def _json_safe(value: Any) -> Any:
 
 
 def evaluate_features_command(args: argparse.Namespace) -> int:
-    """``anet evaluate-features FILE.npz [--max-rank N] [--no-junk-removal] [--block-size B]``."""
+    """``anet evaluate-features FILE.npz [--max-rank N] [--no-junk-removal] [--block-size B] [--rerank]``."""
 
     if args.max_rank < 1 or args.block_size < 1:
         raise UserError("--max-rank and --block-size must be >= 1")
+    if args.rerank and (args.k1 < 1 or args.k2 < 1 or not 0.0 <= args.lambda_value <= 1.0):
+        raise UserError("--k1 and --k2 must be >= 1 and --lambda within [0, 1]")
     a = load_feature_file(args.file)
 
     def unit(x: np.ndarray) -> np.ndarray:
@@ -104,6 +115,12 @@ def evaluate_features_command(args: argparse.Namespace) -> int:
                           a["gallery_ids"], a["gallery_cams"], max_rank=args.max_rank,
                           junk_same_camera=not args.no_junk_removal, block_size=args.block_size)
     out = {k: (int(v) if k.startswith("num_") else v) for k, v in result.as_dict().items()}
+    if args.rerank:
+        rr = rerank_metrics(unit(a["query_feats"]), a["query_ids"], a["query_cams"], unit(a["gallery_feats"]),
+                            a["gallery_ids"], a["gallery_cams"], k1=args.k1, k2=args.k2,
+                            lambda_value=args.lambda_value, max_rank=args.max_rank,
+                            junk_same_camera=not args.no_junk_removal, block_size=args.block_size)
+        out.update({f"rerank/{k}": (int(v) if k.startswith("num_") else v) for k, v in rr.as_dict().items()})
     print(json.dumps(_json_safe(out)))
     if result.num_valid == 0:
         raise UserError(f"{args.file}: {result.warning}; check the ids/cams arrays (or use --no-junk-removal)")
@@ -115,8 +132,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise UserError(f"{args.checkpoint}: no such checkpoint file")
+    check_writable(args.out, "--out")  # else a PermissionError after embedding every test image
     overrides = [f"eval.feature={args.feature}"] if args.feature else []
     overrides += ["eval.flip=true"] if args.flip else []
+    overrides += ["eval.rerank.enabled=true"] if args.rerank else []
     cfg = load_config(args.profile, overrides)
     out = evaluate_checkpoint(args.checkpoint, args.cache, cfg, args.out, device=args.device,
                               precision=args.precision)

@@ -22,6 +22,7 @@ numpy does the compare / nonzero passes: single-threaded it beat torch's bool ke
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -113,6 +114,41 @@ def rank_metrics(
     return acc.result()
 
 
+def rank_distance_blocks(
+    blocks: Iterable[tuple[int, np.ndarray]],
+    q_ids: torch.Tensor | np.ndarray,
+    q_cams: torch.Tensor | np.ndarray,
+    g_ids: torch.Tensor | np.ndarray,
+    g_cams: torch.Tensor | np.ndarray,
+    max_rank: int = 50,
+    junk_same_camera: bool = True,
+) -> RankResult:
+    """:func:`rank_metrics` for distances computed elsewhere (re-ranking), streamed block by block.
+
+    ``blocks`` yields ``(first query row, -D)``: the NEGATED float32 distances of consecutive query
+    rows (b x G, at most :func:`max_block_rows` rows), so that ranks follow ``D`` exactly (negation
+    is exact; ``1 - S`` would round). The arrays may be overwritten.
+    """
+    q_code, g_code = _factorize(q_ids, g_ids)
+    q_cam, g_cam = _as_long(q_cams), _as_long(g_cams)
+    acc = _Accumulator(max_rank)
+    index = _GalleryIndex(g_code, g_cam)
+    done = 0
+    for start, neg_dist in blocks:
+        stop = start + len(neg_dist)
+        if start != done or neg_dist.shape[1] != len(g_code) or len(neg_dist) > max_block_rows(len(g_code)):
+            raise ValueError(f"distance block at row {start} of shape {neg_dist.shape} does not follow row {done}")
+        _score_block(neg_dist, q_code[start:stop], q_cam[start:stop], index, junk_same_camera, acc, negated=True)
+        done = stop
+    acc.skipped += len(q_code) - done
+    return acc.result()
+
+
+def max_block_rows(n_gallery: int) -> int:
+    """Most query rows one block may have: int64 keys hold (row, D bits, gallery index)."""
+    return (1 << (31 - max(1, (n_gallery - 1).bit_length()))) - 1
+
+
 def _as_feats(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     t = torch.as_tensor(x).detach().to("cpu", torch.float32).contiguous()
     if t.ndim != 2:
@@ -163,6 +199,7 @@ def _score_block(
     index: _GalleryIndex,
     junk: bool,
     acc: _Accumulator,
+    negated: bool = False,
 ) -> None:
     """Accumulate the metrics of one query block from its similarity rows ``sims`` (B x G float32).
 
@@ -174,7 +211,7 @@ def _score_block(
     # camid -1 means "unknown" (manifest contract): it never makes an item junk
     is_junk = (index.cam[cols] == q_cam[rows]) & (q_cam[rows] >= 0) if junk else np.zeros(len(rows), bool)
     s_same = sims[rows, cols]
-    key_same = _sort_key(rows, np.float32(1) - s_same, cols, index.col_bits)
+    key_same = _sort_key(rows, -s_same if negated else np.float32(1) - s_same, cols, index.col_bits)
     pos_key = np.sort(key_same[~is_junk])  # P, grouped by row, each row in ranked order
     junk_key = np.sort(key_same[is_junk])
     n_good = np.bincount(rows[~is_junk], minlength=n_rows)
@@ -192,7 +229,7 @@ def _score_block(
     both = np.concatenate([row_first, pos_key])
     where = np.argsort(both, kind="stable")
     bounds = both[where]  # sentinels sort first in their row
-    hist = _bucket_candidates(sims, thresh, bounds, index.col_bits)
+    hist = _bucket_candidates(sims, thresh, bounds, index.col_bits, negated)
     below = np.empty_like(bounds)
     below[where] = np.cumsum(hist)[:-1]  # candidates with a smaller key, per sentinel / positive
     pos_row = pos_key >> (32 + index.col_bits)
@@ -203,7 +240,8 @@ def _score_block(
     acc.add(rank - junk_before, ordinal, pos_row, n_good)
 
 
-def _bucket_candidates(sims: np.ndarray, thresh: np.ndarray, bounds: np.ndarray, col_bits: int) -> np.ndarray:
+def _bucket_candidates(sims: np.ndarray, thresh: np.ndarray, bounds: np.ndarray, col_bits: int,
+                       negated: bool = False) -> np.ndarray:
     """Histogram over ``bounds`` buckets of the keys of every candidate (S >= its row's threshold).
 
     Row chunks of ~_CANDIDATE_BUDGET elements keep memory bounded; numpy releases the GIL in these
@@ -221,7 +259,8 @@ def _bucket_candidates(sims: np.ndarray, thresh: np.ndarray, bounds: np.ndarray,
             hi = min(lo + step, n_rows)
             flat = np.flatnonzero(np.greater_equal(sims[lo:hi], thresh[lo:hi, None], out=mask[: hi - lo]))
             rr, cc = np.divmod(flat, n_gal)
-            dist = np.float32(1) - sims[lo:hi].reshape(-1)[flat]  # exactly the float32 D = 1 - S
+            picked = sims[lo:hi].reshape(-1)[flat]
+            dist = -picked if negated else np.float32(1) - picked  # exactly the float32 D = 1 - S
             key = _sort_key(rr + lo, dist, cc, col_bits)
             hist += np.bincount(np.searchsorted(bounds, key, side="right"), minlength=len(hist))
         return hist

@@ -61,5 +61,7 @@ def _eval_report(results: dict[str, dict[str, Any]], primary: str, value: float)
     names = ["mAP", "R1", "R5", "R10", "mINP"]
     rows = "\n".join(f"| {split} | " + " | ".join(f"{float(m.get(n, float('nan'))):.4f}" for n in names) + " |"
                      for split, m in results.items())
+    rows += "".join(f"\n| {split} re-ranked | " + " | ".join(f"{float(m[f'rerank/{n}']):.4f}" for n in names) + " |"
+                    for split, m in results.items() if "rerank/mAP" in m)  # eval.rerank: beside, never instead
     return (f"# Evaluation\n\nprimary metric `{primary}` = {value:.4f}\n\n| test set | "
             + " | ".join(names) + " |\n|---|" + "---|" * len(names) + f"\n{rows}\n")
