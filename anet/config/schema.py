@@ -131,6 +131,19 @@ class StageCfg(_Frozen):
         return self
 
 
+class RerankCfg(_Frozen):
+    """k-reciprocal re-ranking (Zhong et al. 2017) scored beside the plain metrics (``eval/<set>/rerank/*``).
+
+    Defaults are the paper's (and FastReID's) k1 = 20, k2 = 6, lambda = 0.3; ``lambda_value`` keeps
+    FastReID's argument name (``lambda`` is a Python keyword).
+    """
+
+    enabled: bool = False
+    k1: int = Field(20, ge=1)
+    k2: int = Field(6, ge=1)
+    lambda_value: float = Field(0.3, ge=0.0, le=1.0)
+
+
 class EvalCfg(_Frozen):
     """Retrieval evaluation settings."""
 
@@ -142,6 +155,7 @@ class EvalCfg(_Frozen):
     vehicleid_trials: int = Field(10, ge=1)
     vehicleid_sets: tuple[str, ...] = ("800", "1600", "2400")
     veriwild_sets: tuple[str, ...] = ("small", "medium", "large")
+    rerank: RerankCfg = RerankCfg()
 
 
 class RuntimeCfg(_Frozen):
@@ -225,6 +239,8 @@ def _check_selection(cfg: ExperimentConfig) -> None:
     """``registry.primary_metric`` must be a metric the evaluator produces, on the selection split."""
     parts = cfg.registry.primary_metric.split("/")
     sets = TEST_SETS[cfg.data.dataset]
+    if len(parts) == 4 and parts[2] == "rerank" and cfg.eval.rerank.enabled:  # a profile may select on it
+        parts = [parts[0], parts[1], parts[3]]
     if len(parts) != 3 or parts[0] != "eval" or parts[2] not in METRIC_NAMES or parts[1] not in (*sets, "val"):
         raise ValueError(f"registry.primary_metric={cfg.registry.primary_metric!r} is not produced for "
                          f"{cfg.data.dataset}: use eval/<{'|'.join(('val', *sets))}>/<{'|'.join(METRIC_NAMES)}>")
