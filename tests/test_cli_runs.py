@@ -1,4 +1,5 @@
-"""``anet runs doctor``: a pipeline run whose driver died is ended KILLED; a live one is left alone."""
+"""``anet runs doctor``: a pipeline run whose driver died is ended KILLED; a live one is left alone.
+``anet train`` takes its ``key=value`` overrides wherever they stand among the options."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def test_doctor_ends_runs_of_a_dead_driver_only(tmp_path, monkeypatch, capsys):
     assert "closed 1 orphaned run(s)" in capsys.readouterr().out
     client = MlflowClient()
     assert client.get_run(orphan).info.status == "KILLED" and client.get_run(live).info.status == "RUNNING"
+
+
+def test_train_overrides_may_stand_anywhere_among_the_options():
+    from anet.cli import build_parser
+
+    args = build_parser().parse_args(["train", "stage_one.epochs=2", "--config", "smoke", "data.image_size=[32,32]",
+                                      "--out", "runs/x", "--stage", "one", "stage_two.lr=0.1", "--no-progress"])
+    assert args.overrides == ["stage_one.epochs=2", "data.image_size=[32,32]", "stage_two.lr=0.1"]
+    assert (args.config, str(args.out), args.stage, args.no_progress) == ("smoke", "runs/x", "one", True)
+    assert build_parser().parse_args(["train"]).overrides == []

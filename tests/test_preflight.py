@@ -285,3 +285,33 @@ def test_s3_timeouts_and_tries_come_from_the_environment(aws_env):
         with pytest.raises(UserError, match=rf"^{name}='{bad}': expected a positive"):
             s3.client("http://127.0.0.1:9")
         aws_env.delenv(name)
+
+
+# --------------------------------------------------------------------------- every --out, pickled checkpoints
+@pytest.mark.parametrize("command", ["evaluate", "index", "synth"])
+def test_every_out_is_checked_before_any_work(tmp_path, capsys, command):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out"
+    argv = {"evaluate": ["evaluate", "--checkpoint", str(tmp_path / "file"), "--cache", str(tmp_path / "none")],
+            "index": ["index", "--model", "models:/anet-smoke@champion", "--folder", str(tmp_path),
+                      "--tracking-uri", "http://127.0.0.1:9"],  # nothing listens: reached only after the check
+            "synth": ["data", "synth", "--profile", "smoke"]}[command]
+    status, err = _anet([*argv, "--out", str(out)], capsys)
+    assert status == 2 and len(err) == 1 and err[0].startswith(f"error: {out}: cannot be a folder") and "--out" in err[0]
+
+
+def test_a_pickled_checkpoint_is_one_line_naming_the_file(tmp_path, capsys):
+    import argparse
+
+    import torch
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=0.1)}, pickled)  # loads only with weights_only=False
+    status, err = _anet(["evaluate", "--checkpoint", str(pickled), "--cache", str(tmp_path), "--out",
+                         str(tmp_path / "eval")], capsys)
+    assert status == 2 and len(err) == 1 and err[0].startswith(f"error: {pickled}: a pickled checkpoint")
+    assert "argparse.Namespace" in err[0] and "weights_only=False" not in err[0]
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x02garbage")
+    status, err = _anet(["evaluate", "--checkpoint", str(tmp_path / "garbage.pt"), "--cache", str(tmp_path),
+                         "--out", str(tmp_path / "eval")], capsys)
+    assert status == 2 and len(err) == 1 and "garbage.pt: not a readable anet checkpoint" in err[0]

@@ -111,6 +111,9 @@ def synth_command(args: argparse.Namespace) -> int:
     overrides = [o if o.startswith("data.synthetic.") else f"data.synthetic.{o}" for o in args.overrides]
     cfg = load_config(args.profile, overrides).data.synthetic
     out: Path = args.out
+    check_writable(out, "--out")  # else a PermissionError traceback after rendering
+    if args.layout == "own":  # rendered into a sibling folder, then renamed onto --out
+        check_writable(out.resolve().parent, f"--out {out} (generated next to it, then renamed)")
     if args.layout == "own":
 
         manifest = generate_synthetic(cfg, out)

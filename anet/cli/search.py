@@ -32,6 +32,7 @@ from anet.search.index import GalleryIndex, index_folder, index_split
 from anet.search.query import Filters, contact_sheet, embed_query, search
 from anet.search.served import load_predictor, prepared_of_model
 from anet.search.study import filter_study
+from anet.steps.preflight import check_writable
 
 log = logging.getLogger(__name__)
 TRACKING_HELP = "default: $MLFLOW_TRACKING_URI or local sqlite"
@@ -94,6 +95,7 @@ def run_index(args: argparse.Namespace) -> int:
     setup_logging()
     if args.meta and not args.folder:
         raise UserError("--meta goes with --folder (a prepared test set has its own cameras)")
+    check_writable(args.out, "--out")  # else a PermissionError after embedding the whole gallery
     _connect(args.tracking_uri)
     predictor, ref = load_predictor(args.model)
     if args.folder:

@@ -4,6 +4,7 @@ Examples::
 
     anet train --config smoke
     anet train --config synthetic stage_one.epochs=4 --out runs/try4
+    anet train stage_one.epochs=4 --config synthetic --out runs/try4 stage_two.epochs=2   # any order
     anet train --config synthetic --stage two --init-from runs/try4/stage_one/final.pt --out runs/try4
     torchrun --nproc_per_node 2 -m anet.cli train --config synthetic      # DDP, one process per device
 
@@ -41,6 +42,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt and start over")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=train_command)
+    train.__class__ = _OverridesAnywhere  # add_parser offers no parser class per sub-command
+
+
+class _OverridesAnywhere(argparse.ArgumentParser):
+    """``key=value`` overrides before, between and after the options (``anet train a=1 --out x b=2``).
+
+    argparse fills a ``nargs="*"`` positional from its first run of positionals only and calls every
+    later one unrecognised; its intermixed parsing takes them all. The sub-command parser is asked
+    through ``parse_known_args``, which the intermixed parse itself calls: hence the guard.
+    """
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 (argparse's signature)
+        if self._mixing:
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
 
 
 def train_command(args: argparse.Namespace) -> int:

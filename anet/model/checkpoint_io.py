@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,23 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path}: no such checkpoint; pass the final.pt (or last.pt) a training stage wrote")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's multi-line advice (load it unsafely) is not ours to give
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found is None:  # not a pickle of objects: garbage, a torn file
+            raise UserError(f"{path}: not a readable anet checkpoint (not a torch file of tensors)") from None
+        raise UserError(f"{path}: a pickled checkpoint that runs code to load (it holds {found[1]}); anet reads "
+                        "only tensors and plain values (weights_only=True): pass a checkpoint anet wrote, "
+                        "or re-save its state_dict as plain tensors where you trust the file") from None
     except Exception as exc:  # noqa: BLE001 - corrupt/foreign files become one readable line
-        raise UserError(f"{path}: not a readable anet checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path}: not a readable anet checkpoint ({_first_line(exc)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path}: not an anet checkpoint (no 'model' entry)")
     return ckpt
 
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def load_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
