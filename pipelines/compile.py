@@ -47,19 +47,20 @@ LEGACY_RESOURCE_FIELDS = {"cpuLimit", "memoryLimit", "cpuRequest", "memoryReques
 
 
 def compile_pipeline(output: str | Path, gpus: int = 1, kfp_backend: str | None = None, image: str | None = None,
-                     require_secrets: Sequence[str] = (), placement: Placement | None = None) -> Path:
+                     require_secrets: Sequence[str] = (), placement: Placement | None = None, nodes: int = 1) -> Path:
     """Write the IR YAML for a pipeline with ``gpus`` GPUs per train task; returns the path.
 
     ``kfp_backend`` (e.g. ``"2.2"``) picks the form that backend accepts; ``image`` replaces every
     task's image (e.g. ``name@sha256:...``); ``require_secrets`` names optional secrets of
     :data:`pipelines.dag.SECRETS` to mount as required (the legacy form leaves the others out);
-    ``placement``: node selector and tolerations of the train tasks.
+    ``placement``: node selector and tolerations of the train tasks; ``nodes`` > 1: each train task
+    launches a Kubeflow Trainer TrainJob of ``nodes`` x ``gpus`` (:mod:`pipelines.trainjob`).
     """
     from kfp import compiler
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(make_pipeline(gpus=gpus, placement=placement), str(output))
+    compiler.Compiler().compile(make_pipeline(gpus=gpus, placement=placement, nodes=nodes), str(output))
     return to_form(output, kfp_backend, image, require_secrets)
 
 
@@ -199,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.compile", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="pipelines/anet_pipeline.yaml", help="where to write the YAML")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs per train task (>1: torchrun DDP)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes per train step (>1: a Kubeflow Trainer "
+                        "TrainJob of nodes x --gpus, launched by the step; needs docker/k8s/trainjob-rbac.yaml)")
     parser.add_argument("--kfp-backend", metavar="VERSION", help="target KFP backend, e.g. 2.2 for Kubeflow 1.9 "
                         "(default: the form for 2.15 and newer)")
     parser.add_argument("--legacy-ir", action="store_true", help="same as --kfp-backend 2.2")
@@ -214,17 +217,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gpus < 0:
         parser.error("--gpus must be >= 0")
+    if args.nodes < 1:
+        parser.error("--nodes must be >= 1")
     backend = "2.2" if args.legacy_ir else args.kfp_backend
     image = args.image or None
     try:
         if args.image_digest:
             image = pinned_image(image or IMAGE, args.image_digest)
         path = compile_pipeline(args.output, gpus=args.gpus, kfp_backend=backend, image=image,
-                                require_secrets=args.require_secret, placement=placement_from(args))
+                                require_secrets=args.require_secret, placement=placement_from(args),
+                                nodes=args.nodes)
     except ValueError as exc:
         parser.error(str(exc))
     form = f"KFP backend {backend}" if backend else "KFP backend >= 2.15"
-    print(f"wrote {path} (image {image or IMAGE}, {args.gpus} GPU(s) per train task, {form})")
+    where = f"TrainJob of {args.nodes} nodes x {args.gpus} GPU(s)" if args.nodes > 1 else f"{args.gpus} GPU(s)"
+    print(f"wrote {path} (image {image or IMAGE}, {where} per train task, {form})")
     return 0
 
 

@@ -37,6 +37,7 @@ from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.register_model import register_model
 from components.train import train
+from pipelines.trainjob import node_settings
 
 PIPELINE_NAME = "anet-pipeline"
 PVC_MOUNT = "/mnt/anet"
@@ -89,11 +90,18 @@ def _place(task: dsl.PipelineTask, placement: Placement) -> None:
 
 
 def _train_settings(task: dsl.PipelineTask, cache_pvc: str, gpus: int, display_name: str, retries: int,
-                    placement: Placement) -> None:
+                    placement: Placement, nodes: int = 1) -> None:
     """GPUs (an error in the step when they are requested but not visible), NCCL's shared memory,
-    placement, retries that resume from the last checkpoint on the PVC."""
+    placement, retries that resume from the last checkpoint on the PVC. ``nodes`` > 1: the task
+    launches a TrainJob of ``nodes`` x ``gpus`` instead (:mod:`pipelines.trainjob`)."""
     _platform(task, cache_pvc, SECRETS, cpu="8", memory="32G")
     task.set_display_name(display_name)
+    if nodes > 1:  # the pod only launches and follows the job: no GPU, no placement of its own
+        node_settings(task, nodes, gpus, placement.node_selector, placement.tolerations)
+        task.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)
+        if retries:
+            task.set_retry(num_retries=retries, backoff_duration="60s")
+        return
     if gpus > 0:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
         task.set_env_variable("ANET_EXPECT_GPUS", str(gpus))
@@ -107,8 +115,9 @@ def _train_settings(task: dsl.PipelineTask, cache_pvc: str, gpus: int, display_n
         task.set_retry(num_retries=retries, backoff_duration="60s")
 
 
-def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | None = None) -> Callable:
-    """Build the pipeline function; ``gpus`` per train task (> 1 runs DDP via torchrun).
+def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | None = None, nodes: int = 1) -> Callable:
+    """Build the pipeline function; ``gpus`` per train task (> 1 runs DDP via torchrun); ``nodes`` > 1
+    trains each stage as a Kubeflow Trainer TrainJob of ``nodes`` x ``gpus`` (docker/README.md).
 
     ``cluster=False`` drops the retry policy: kfp.local honours it (with its backoff), and locally a
     failing step must stop the run at once. Every other platform setting is ignored by kfp.local.
@@ -148,10 +157,10 @@ def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | No
 
         one = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_one",
                     mlflow_parent_run_id=parent, trial=trial)
-        _train_settings(one, cache_pvc, gpus, "stage-one training", retries, placement)
+        _train_settings(one, cache_pvc, gpus, "stage-one training", retries, placement, nodes)
         two = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_two",
                     mlflow_parent_run_id=parent, trial=trial, init_from=one.outputs["model"])
-        _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries, placement)
+        _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries, placement, nodes)
 
         ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
                       mlflow_parent_run_id=parent).set_display_name("evaluate")

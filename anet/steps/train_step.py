@@ -55,6 +55,8 @@ def train(config_json: str, dataset_descriptor: str, stage_name: str, out_dir: s
     cfg = ExperimentConfig.from_json(config_json)
     check_gpus(int(os.environ.get("ANET_EXPECT_GPUS", "0") or 0))
     check_world(cfg)  # before any work: no download, no torchrun, no data read
+    if _nodes() > 1 and "LOCAL_RANK" not in os.environ and not (init_from and is_pruned(init_from)):
+        return _train_on_nodes(args)
     # resolved before torchrun starts, so every rank finds the weights already in the cache
     weights = resolve_pretrained(cfg.model.pretrained) if not init_from else None
     nproc = int(os.environ.get("ANET_NPROC", "1") or 1)
@@ -101,6 +103,22 @@ def check_gpus(expected: int) -> None:
         raise UserError(f"this train task requested {expected} GPU(s) but torch sees {visible} (CUDA_VISIBLE_DEVICES="
                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, torch {torch.__version__}); check the "
                         "node's NVIDIA device plugin and that the image has a CUDA build of torch (TORCH_SPEC)")
+
+
+def _nodes() -> int:
+    return int(os.environ.get("ANET_NNODES", "1") or 1)
+
+
+def _train_on_nodes(args: dict[str, Any]) -> dict[str, Any]:
+    """``ANET_NNODES`` > 1: this pod launches a Kubeflow Trainer TrainJob and publishes rank 0's final.pt."""
+    from anet.steps.trainjob_run import train_on_nodes  # lazy: it imports this module; kubernetes client
+
+    summary = train_on_nodes(args, _nodes(), int(os.environ.get("ANET_NPROC", "1") or 1))
+    out = Path(args["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    if summary.get("checkpoint"):
+        summary = {**summary, "checkpoint": str(_publish(Path(summary["checkpoint"]), out))}
+    return _finish_train(out, summary)
 
 
 def check_world(cfg: ExperimentConfig) -> None:
