@@ -12,6 +12,11 @@ Conventions (Bag-of-Tricks, paper section 4.2):
   that pair. f is the frozen reference in stage two, so mining there gives fixed, meaningful
   "hard for f" pairs on which j must do better; mining independently in each space would compare
   distances of different pairs and the constraint would lose its meaning.
+* Under DDP the mined terms (``tri_f``, ``tri_j``, ``tri_g``, ``ac_tri``) see the GLOBAL batch, as in
+  FastReID and as the paper's batch argument needs: the embeddings, identities and attributes of every
+  rank are all-gathered first (:func:`gather_global`), so a rank's anchors find positives and negatives
+  in the other ranks' shares. The per-image terms (ID, attribute CE, AC_ID) stay on the local share:
+  DDP's gradient average over equal shares already gives the global mean.
 
 Example:
     >>> criterion = Criterion(cfg.loss, amelioration=False)
@@ -21,9 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from anet.config import LossCfg
@@ -95,11 +102,20 @@ def triplet_hard(feats: torch.Tensor, labels: torch.Tensor, margin: float, soft:
     return _masked_mean(per_anchor, valid)
 
 
-def attribute_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CE over samples with a label (target >= 0); exactly 0 with zero gradient when none is labelled."""
+def attribute_ce(logits: torch.Tensor, target: torch.Tensor, labelled_per_rank: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """CE over samples with a label (target >= 0); exactly 0 with zero gradient when none is labelled.
+
+    ``labelled_per_rank`` (DDP): the global batch's labelled count / world size, so that the ranks'
+    average (what DDP's gradient average computes) is the global batch's mean over labelled images,
+    however the labels are spread over the ranks; None = this batch's own count.
+    """
     labelled = target >= 0  # B
     per_sample = F.cross_entropy(logits.float(), target.clamp(min=0), reduction="none")  # B
-    return _masked_mean(per_sample, labelled)
+    if labelled_per_rank is None:
+        return _masked_mean(per_sample, labelled)
+    total = torch.where(labelled, per_sample, torch.zeros_like(per_sample)).sum()
+    return total / labelled_per_rank.clamp(min=1e-12)
 
 
 def attribute_triplet(g_vec: torch.Tensor, attrs: Mapping[str, torch.Tensor], margin: float,
@@ -134,6 +150,74 @@ def ac_tri(f_vec: torch.Tensor, j_vec: torch.Tensor, ids: torch.Tensor) -> torch
     return _masked_mean(pos_term + neg_term, valid)
 
 
+@dataclasses.dataclass(frozen=True)
+class GlobalBatch:
+    """What batch-hard mining needs, over every rank's images in rank order (this rank's alone without DDP).
+
+    ``world`` is the number of ranks; ``attrs`` holds only the attributes the model predicts.
+    """
+
+    f_vec: torch.Tensor  # N x s_f (N = global batch)
+    j_vec: torch.Tensor | None  # N x s_j
+    g_vec: torch.Tensor | None  # N x c
+    ids: torch.Tensor  # N
+    attrs: dict[str, torch.Tensor]  # name -> N
+    world: int = 1
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None  # type: ignore[attr-defined]
+
+
+def _all_gather_rows(x: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
+    """Every rank's rows of ``x`` (B_r x d), concatenated in rank order; shares may differ in size.
+
+    Gradient: ``dist.all_gather`` carries none, so this rank's own slot is the local tensor itself,
+    wrapped to multiply its gradient by the world size. Every rank computes the same global-batch loss
+    but back-propagates it only into its own rows; DDP then AVERAGES the ranks' parameter gradients,
+    so the factor world size makes that average the sum over slots, i.e. the single-process gradient of
+    the global loss (the differentiable ``torch.distributed.nn.all_gather`` would instead need an
+    all-to-all in the backward).
+    """
+    world, longest = len(sizes), max(sizes)
+    padded = torch.cat([x.detach(), x.new_zeros((longest - len(x), *x.shape[1:]))]) if len(x) < longest \
+        else x.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    rows = [part[:n] for part, n in zip(parts, sizes, strict=True)]
+    rows[rank] = _ScaleGrad.apply(x, float(world)) if x.requires_grad else x
+    return torch.cat(rows)
+
+
+def gather_global(out: ANetOutput, ids: torch.Tensor, attrs: Mapping[str, torch.Tensor]) -> GlobalBatch:
+    """The global batch of the mined terms: one all-gather of the sizes, one of the packed embeddings
+    (f_vec | j_vec | g_vec), one of the packed labels (ids | attributes); no copy without DDP."""
+    names = [n for n in sorted(out.a_logits) if n in attrs]
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return GlobalBatch(out.f_vec, out.j_vec, out.g_vec, ids, {n: attrs[n] for n in names})
+    rank, world = dist.get_rank(), dist.get_world_size()
+    count = torch.tensor([len(ids)], dtype=torch.long, device=ids.device)  # 1
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    vecs = [v for v in (out.f_vec, out.j_vec, out.g_vec) if v is not None]
+    widths = [v.shape[1] for v in vecs]
+    gathered = _all_gather_rows(torch.cat(vecs, dim=1), sizes, rank).split(widths, dim=1)  # N x (s_f+s_j+c)
+    labels = _all_gather_rows(torch.stack([ids, *(attrs[n] for n in names)], dim=1), sizes, rank)  # N x (1+n)
+    f_vec, j_vec, g_vec = gathered[0], *(gathered[1:] if out.j_vec is not None else (None, None))
+    return GlobalBatch(f_vec, j_vec, g_vec, labels[:, 0], {n: labels[:, i + 1] for i, n in enumerate(names)},
+                       world)
+
+
 class WeightedTerms(dict):
     """Weighted loss terms by name (what the engine sums) plus each term's raw, unweighted value.
 
@@ -144,6 +228,7 @@ class WeightedTerms(dict):
     def __init__(self) -> None:
         super().__init__()
         self.raw: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, torch.Tensor] = {}  # detached diagnostics, never summed (anet.train.diagnostics)
 
     def add(self, name: str, weight: float, raw: torch.Tensor) -> None:
         """Store ``weight * raw`` under ``name`` and the raw value beside it."""
@@ -176,23 +261,35 @@ class Criterion:
         if self.amelioration and not has_joint:
             raise UserError("stage_two.amelioration=true needs model.variant anet or anet_att "
                             "(AC compares j with f); set stage_two.amelioration=false")
-        terms = WeightedTerms()
-        if not self.amelioration:
-            terms.add("tri_f", w_van, triplet_hard(out.f_vec, ids, cfg.triplet_margin, cfg.soft_margin))
-            terms.add("id_f", w_van, cross_entropy_ls(out.f_logits, ids, cfg.label_smoothing))
-        for name, logits in out.a_logits.items():
+        for name in out.a_logits:
             if name not in attrs:
                 raise UserError(f"attribute {name!r} is predicted by the model but missing from the batch "
                                 f"(batch has: {', '.join(attrs) or 'none'}); check data.attributes")
-            terms.add(f"att/{name}", w_van * cfg.lambda_a, attribute_ce(logits, attrs[name]))
+        glob = gather_global(out, ids, attrs)  # the mined terms see every rank's images (module doc)
+        terms = WeightedTerms()
+        if not self.amelioration:
+            terms.add("tri_f", w_van, triplet_hard(glob.f_vec, glob.ids, cfg.triplet_margin, cfg.soft_margin))
+            terms.add("id_f", w_van, cross_entropy_ls(out.f_logits, ids, cfg.label_smoothing))
+        for name, logits in out.a_logits.items():
+            per_rank = (glob.attrs[name] >= 0).sum() / glob.world if glob.world > 1 else None
+            terms.add(f"att/{name}", w_van * cfg.lambda_a, attribute_ce(logits, attrs[name], per_rank))
         if has_joint:
-            assert out.j_logits is not None and out.g_vec is not None
-            terms.add("tri_j", 1.0, triplet_hard(out.j_vec, ids, cfg.triplet_margin, cfg.soft_margin))
+            assert out.j_logits is not None and glob.g_vec is not None and glob.j_vec is not None
+            terms.add("tri_j", 1.0, triplet_hard(glob.j_vec, glob.ids, cfg.triplet_margin, cfg.soft_margin))
             terms.add("id_j", 1.0, cross_entropy_ls(out.j_logits, ids, cfg.label_smoothing))
-            pattern_attrs = {n: attrs[n] for n in out.a_logits}
-            terms.add("tri_g", cfg.lambda_g, attribute_triplet(out.g_vec, pattern_attrs, cfg.triplet_margin,
+            terms.add("tri_g", cfg.lambda_g, attribute_triplet(glob.g_vec, glob.attrs, cfg.triplet_margin,
                                                                 cfg.soft_margin))
+            terms.stats["share_j_better"] = _share_j_better(out.f_logits, out.j_logits, ids, cfg.label_smoothing)
         if self.amelioration:
-            terms.add("ac_tri", 1.0, ac_tri(out.f_vec, out.j_vec, ids))
+            terms.add("ac_tri", 1.0, ac_tri(glob.f_vec, glob.j_vec, glob.ids))
             terms.add("ac_id", 1.0, ac_id(out.f_logits, out.j_logits, ids, cfg.label_smoothing))
         return terms
+
+
+def _share_j_better(f_logits: torch.Tensor, j_logits: torch.Tensor, ids: torch.Tensor, epsilon: float
+                    ) -> torch.Tensor:
+    """Share of this batch's images with L_ID^j(I) < L_ID^f(I) (the per-image losses AC_ID compares)."""
+    with torch.no_grad():
+        ce_j = cross_entropy_ls_per_sample(j_logits, ids, epsilon)  # B
+        ce_f = cross_entropy_ls_per_sample(f_logits, ids, epsilon)  # B
+        return (ce_j < ce_f).float().mean()

@@ -238,3 +238,60 @@ def test_fp16_amp_on_cuda(workdir, prepared):
     ckpt = torch.load(result.checkpoint, weights_only=True)
     assert ckpt["scaler"] and next(model.parameters()).is_cuda
     assert all(torch.isfinite(torch.tensor(v)) for v in result.last_terms.values())
+
+
+def test_stage_two_logs_what_ac_does(workdir, prepared, stage_one_run):
+    """Per epoch of stage two, the AC diagnostics reach log.jsonl (and MLflow: the same on_epoch_end terms)."""
+    cfg = _cfg(workdir)
+    out = workdir / "two_diag"
+    seen: list[dict[str, float]] = []
+
+    class Keep(Callback):
+        def on_epoch_end(self, stage_name, epoch, terms):
+            seen.append(dict(terms))
+
+    result = run_stage(cfg, prepared.cache_dir, "stage_two", out / "stage_two", resume=False, progress=False,
+                       init_from=stage_one_run / "stage_one" / "final.pt",
+                       callbacks=[JsonlLogCallback(out / "log.jsonl"), Keep()])
+    terms = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["terms"]
+    assert terms == pytest.approx(seen[-1]) and result.last_terms == seen[-1]
+    groups = ("attr_branches", "joint", "j_head")  # trainable in stage two; backbone and f_head are frozen
+    assert {"ac_tri", "ac_id", "ac/share_j_better"} <= set(terms)
+    assert 0.0 <= terms["ac/share_j_better"] <= 1.0
+    assert {f"ac/rel_change/{g}" for g in groups} == {k for k in terms if k.startswith("ac/rel_change/")}
+    assert all(terms[f"ac/rel_change/{g}"] > 0 for g in groups)
+    for term in ("ac_tri", "ac_id"):
+        assert terms[f"ac/grad_share/{term}"] > 0
+        assert {f"ac/grad_share/{term}/{g}" for g in groups} <= set(terms)
+    # the loss is the sum of the weighted terms only: no diagnostic (or raw value) is added into it
+    summed = sum(v for k, v in terms.items() if not k.startswith(("raw/", "ac/")) and k not in ("loss", "lr"))
+    assert terms["loss"] == pytest.approx(summed)
+
+
+def test_diagnostics_values_by_hand():
+    """Gradient shares, relative weight change and the stats' epoch mean on a two-group toy model."""
+    from anet.config import StageCfg
+    from anet.losses import WeightedTerms
+    from anet.train.diagnostics import EpochDiagnostics
+    from anet.train.runtime import RuntimeContext
+
+    model = torch.nn.ModuleDict({"joint": torch.nn.Linear(1, 1, bias=False), "j_head": torch.nn.Linear(1, 1, bias=False),
+                                 "f_head": torch.nn.Linear(1, 1, bias=False)})
+    model["f_head"].weight.requires_grad_(False)  # frozen: no group
+    with torch.no_grad():
+        model["joint"].weight.fill_(2.0)
+        model["j_head"].weight.fill_(1.0)
+    assert not EpochDiagnostics.begin(model, StageCfg(name="stage_one", epochs=1)).enabled
+    diag = EpochDiagnostics.begin(model, StageCfg(name="stage_two", epochs=1, freeze_f=True, amelioration=True))
+    for step, share in ((1, 0.25), (2, 0.75)):
+        terms = WeightedTerms()
+        terms.add("ac_tri", 1.0, 3.0 * model["joint"].weight.sum())  # d/d joint = 3
+        terms.add("id_j", 1.0, 4.0 * model["j_head"].weight.sum())  # d/d j_head = 4: |grad L'| = 5
+        terms.stats["share_j_better"] = torch.tensor(share)
+        diag.on_step(step, terms, sum(terms.values()))
+    with torch.no_grad():
+        model["joint"].weight.fill_(2.5)  # |2.5 - 2| / |2| = 0.25
+    values = diag.finish(RuntimeContext(torch.device("cpu")))
+    assert values == pytest.approx({"ac/share_j_better": 0.5, "ac/grad_share/ac_tri": 0.6,
+                                    "ac/grad_share/ac_tri/joint": 1.0, "ac/grad_share/ac_tri/j_head": 0.0,
+                                    "ac/rel_change/joint": 0.25, "ac/rel_change/j_head": 0.0})

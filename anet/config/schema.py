@@ -169,6 +169,8 @@ class RuntimeCfg(_Frozen):
     channels_last: bool = True
     deterministic: bool = False
     num_threads: int = Field(0, ge=0)
+    # SyncBatchNorm under DDP on CUDA (wrap_ddp): BN statistics over the global batch, not each rank's share
+    sync_bn: bool = False
 
 
 class RegistryCfg(_Frozen):

@@ -40,6 +40,7 @@ from anet.train.checkpoint import (
     save_state,
 )
 from anet.train.data import TrainData, make_optimizer, make_scheduler
+from anet.train.diagnostics import EpochDiagnostics
 from anet.train.fit import before_first_epoch
 from anet.train.runtime import (
     RuntimeContext,
@@ -181,10 +182,12 @@ def _train_one_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
     loop.data.sampler.set_epoch(epoch)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    diagnostics = EpochDiagnostics.begin(loop.net, stage)  # stage two: what AC does (anet.train.diagnostics)
     for step, batch in enumerate(loop.data.batches, start=1):
         terms = _forward_terms(loop, batch)
         values = _checked_values(loop, terms, epoch, step)
         loss = sum(terms.values())
+        diagnostics.on_step(step, terms, loss)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
@@ -199,6 +202,7 @@ def _train_one_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
     means = all_reduce_mean({n: sums[n] / counts[n] for n in sums}, loop.ctx)
     means["loss"] = sum(v for n, v in means.items() if not n.startswith(RAW_PREFIX))
     means["lr"] = state.optimizer.param_groups[0]["lr"]
+    means.update(diagnostics.finish(loop.ctx))  # after the loss sum: diagnostics are never summed
     state.epoch = epoch + 1
     return means
 

@@ -15,6 +15,7 @@ group (gloo on CPU, nccl on CUDA) and each rank trains on its own share of the b
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from torch import nn
 
 from anet.config import RuntimeCfg
 from anet.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,14 +135,23 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def wrap_ddp(model: nn.Module, ctx: RuntimeContext) -> nn.Module:
+def wrap_ddp(model: nn.Module, ctx: RuntimeContext, sync_bn: bool = False) -> nn.Module:
     """DistributedDataParallel when running under torchrun, else the model itself.
 
     ``find_unused_parameters`` is on because a batch without attribute labels, or stage two's frozen
-    f branch, can leave trainable parameters without a gradient in some steps.
+    f branch, can leave trainable parameters without a gradient in some steps. ``sync_bn``
+    (``runtime.sync_bn``) swaps every BatchNorm for SyncBatchNorm in place (same parameters and
+    buffers, so the optimiser and the checkpoint keys are unchanged): train-mode BN then normalises
+    with the global batch's statistics. torch's SyncBatchNorm needs CUDA; on CPU ranks it is skipped
+    with a warning.
     """
     if not ctx.distributed:
         return model
+    if sync_bn and ctx.device.type == "cuda":
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif sync_bn:
+        log.warning("runtime.sync_bn=true: SyncBatchNorm needs CUDA; these %s ranks keep per-rank BN statistics",
+                    ctx.device.type)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
