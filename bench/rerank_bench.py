@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anet.evaluation.ranking import rank_metrics
+from anet.evaluation.rerank import rerank_metrics
 from bench.eval_bench import DIM, make_data
 
 SHAPES = {"moderate": (2_000, 20_000), "small": (10_000, 38_861), "large": (10_000, 128_517)}
@@ -31,9 +33,6 @@ SHAPES = {"moderate": (2_000, 20_000), "small": (10_000, 38_861), "large": (10_0
 def _worker(mode: str, data: Path, block_size: int) -> dict:
     """One measurement in this (fresh) process: timings, peak RSS, metrics."""
     import torch
-
-    from anet.evaluation.ranking import rank_metrics
-    from anet.evaluation.rerank import rerank_metrics
 
     arrays = dict(np.load(data))
     qf, gf = torch.from_numpy(arrays["query_feats"]), torch.from_numpy(arrays["gallery_feats"])

@@ -117,7 +117,7 @@ def _reciprocal_rows(x: torch.Tensor, graph: KnnGraph, k1: int) -> _Rows:
         keep[:, 1:] &= grown[:, 1:] != grown[:, :-1]  # np.unique per row
         row, pos = np.nonzero(keep)
         j = grown[row, pos]
-        weight = np.exp(-normalised(_pair_dots(x, row + a, j), graph.row_max[row + a]))
+        weight = np.exp(-_pair_dist(x, graph, row + a, j))
         counts = keep.sum(1)
         total = np.bincount(row, weights=weight, minlength=b - a).astype(np.float32)
         ptrs.append(ptrs[-1][-1] + np.cumsum(counts))
@@ -132,12 +132,18 @@ def _reciprocal(fwd: np.ndarray, a: int, b: int) -> np.ndarray:
     return (fwd[fwd[a:b]] == rows[:, None, None]).any(-1)
 
 
-def _pair_dots(x: torch.Tensor, i: np.ndarray, j: np.ndarray, step: int = 1 << 15) -> np.ndarray:
-    """``x[i] . x[j]`` per pair, float32, in steps of ``step`` pairs (bounded gathers)."""
-    out = np.empty(len(i), dtype=np.float32)
-    for s in range(0, len(i), step):
-        ii, jj = torch.from_numpy(i[s : s + step]), torch.from_numpy(j[s : s + step])
-        out[s : s + step] = (x[ii] * x[jj]).sum(1).numpy()
+def _pair_dist(x: torch.Tensor, graph: KnnGraph, i: np.ndarray, j: np.ndarray, step: int = 1 << 14) -> np.ndarray:
+    """R[i, j] per pair: the graph's value where j is among i's nearest (most pairs), else from
+    ``x[i] . x[j]`` (float32, in steps of ``step`` pairs: bounded gathers)."""
+    hit = graph.index[i] == j[:, None]  # pairs x k
+    found = hit.any(1)
+    out = np.where(found, graph.dist[i, hit.argmax(1)], np.float32(0))
+    rest = np.flatnonzero(~found)
+    for s in range(0, len(rest), step):
+        at = rest[s : s + step]
+        xi, xj = x[torch.from_numpy(i[at])], x[torch.from_numpy(j[at])]
+        dots = torch.bmm(xi[:, None, :], xj[:, :, None]).reshape(-1).numpy()
+        out[at] = normalised(dots, graph.row_max[i[at]])
     return out
 
 
@@ -150,9 +156,7 @@ def _expand(v: _Rows, nbr: np.ndarray, chunk: int = _CHUNK) -> _Rows:
         lens = v.ptr[src + 1] - v.ptr[src]
         flat = _ranges(v.ptr[src], lens)
         owner = np.repeat(np.arange(len(src)) // k2, lens)
-        key = owner * n + v.col[flat]
-        order = np.argsort(key, kind="stable")  # equal keys keep the reference's summation order
-        key = key[order]
+        key, order = _stable_sort(owner * n + v.col[flat])  # equal keys keep the reference's summation order
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         sums = np.add.reduceat(v.val[flat][order], first)
         row_of, col_of = np.divmod(key[first], n)
@@ -160,6 +164,16 @@ def _expand(v: _Rows, nbr: np.ndarray, chunk: int = _CHUNK) -> _Rows:
         cols.append(col_of.astype(np.int32))
         vals.append(np.divide(sums, np.float32(k2), dtype=np.float32))
     return _Rows(np.concatenate(ptrs), np.concatenate(cols), np.concatenate(vals))
+
+
+def _stable_sort(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted key, np.argsort(key, kind="stable"))`` by one SIMD sort of (key, position) in int64."""
+    bits = max(1, (len(key) - 1).bit_length())
+    if len(key) == 0 or int(key.max()).bit_length() + bits > 62:
+        order = np.argsort(key, kind="stable")
+        return key[order], order
+    packed = np.sort((key.astype(np.int64) << bits) | np.arange(len(key), dtype=np.int64))
+    return packed >> bits, packed & ((1 << bits) - 1)
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -174,7 +188,7 @@ def _gallery_columns(v: _Rows, n_query: int) -> _Rows:
     first = int(v.ptr[n_query])
     row = (np.repeat(np.arange(n_query, n, dtype=np.int64), np.diff(v.ptr[n_query:])) - n_query).astype(np.int32)
     col = v.col[first:]
-    order = np.argsort(col, kind="stable")
+    order = _stable_sort(col)[1]
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(col, minlength=n), out=ptr[1:])
     return _Rows(ptr, row[order], v.val[first:][order])
@@ -215,10 +229,8 @@ def _overlaps(v: _Rows, cols: _Rows, start: int, n_rows: int, n_gallery: int) ->
         lens = cols.ptr[ks + 1] - cols.ptr[ks]
         at = _ranges(cols.ptr[ks], lens)
         owner = np.repeat(np.repeat(np.arange(a, b), np.diff(row_ptr[a : b + 1])), lens)
-        key = owner * n_gallery + cols.col[at]
+        key, order = _stable_sort(owner * n_gallery + cols.col[at])
         mins = np.minimum(np.repeat(vi, lens), cols.val[at])
-        order = np.argsort(key, kind="stable")
-        key = key[order]
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
         flats.append(key[first])
         sums.append(np.add.reduceat(mins[order], first) if len(first) else np.zeros(0, np.float32))
