@@ -39,7 +39,7 @@ from anet.config import RUN_SETTING_KEYS, ExperimentConfig, RunSettings, parse_o
 from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
 from anet.mlops import doctor, liveness, s3, tracking
-from anet.mlops.pretrained import resolve_pretrained
+from anet.mlops.pretrained import resolve_model_weights
 from anet.steps.preflight import check_run_paths
 from anet.steps.train_step import LOCAL_RUN_ENV
 from pipelines.cluster import kfp_client, run_on_cluster
@@ -103,7 +103,7 @@ def _preflight(cfg: ExperimentConfig, on_cluster: bool, pipeline_root: str | os.
         check_run_paths(cfg, outputs={"--pipeline-root": pipeline_root})
     steps.check_dataset_available(cfg)
     if not on_cluster:
-        resolve_pretrained(cfg.model.pretrained)  # offline or a bad hash: one line before any work
+        resolve_model_weights(cfg.model)  # offline or a bad hash: one line before any work
     uri = _check_endpoints()
     closed = doctor.close_orphaned_runs(cfg.data.dataset)
     if closed.closed:

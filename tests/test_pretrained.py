@@ -20,9 +20,11 @@ from anet.config import ModelCfg
 from anet.errors import UserError
 from anet.mlops.pretrained import (
     IBN_NET_R50_URL,
+    PINNED_SHA256,
     PretrainedWeights,
     cache_path,
     pretrained_tags,
+    resolve_model_weights,
     resolve_pretrained,
 )
 from anet.model import build_backbone, load_backbone_weights
@@ -82,7 +84,8 @@ def _assert_backbone_has(ref: dict[str, torch.Tensor], weights: PretrainedWeight
 def test_none_means_from_scratch():
     assert resolve_pretrained(None) is None and resolve_pretrained("none") is None
     assert resolve_pretrained(" None ") is None and resolve_pretrained("") is None
-    assert pretrained_tags(None) == {"pretrained.source": "none", "pretrained.sha256": ""}
+    assert pretrained_tags(None) == {"pretrained.source": "none", "pretrained.sha256": "",
+                                     "pretrained.sha256_check": "none"}
     assert ModelCfg(pretrained="none").pretrained is None and ModelCfg(pretrained=" None").pretrained is None
 
 
@@ -94,7 +97,8 @@ def test_local_path_is_used_in_place_and_lands_in_the_backbone(tmp_path):
         assert weights.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         _assert_backbone_has(ref, weights)
     assert not (tmp_path / "cache").exists()
-    assert pretrained_tags(weights) == {"pretrained.source": path.as_uri(), "pretrained.sha256": weights.sha256}
+    assert pretrained_tags(weights) == {"pretrained.source": path.as_uri(), "pretrained.sha256": weights.sha256,
+                                        "pretrained.sha256_check": "file name"}
     with pytest.raises(UserError, match="nothere.pth: no such weights file"):
         resolve_pretrained(str(tmp_path / "nothere.pth"))
 
@@ -171,3 +175,93 @@ def test_s3_object_is_downloaded_once_and_lands_in_the_backbone(tmp_path):
     _assert_backbone_has(ref, weights)
     with s3_env(f"http://127.0.0.1:{free_port()}"):  # endpoint gone: the cached copy answers
         assert resolve_pretrained(uri, cache_dir=tmp_path / "cache") == weights
+
+
+def _release_named(folder: Path) -> tuple[Path, str]:
+    """Another file saved under the IBN-Net release's name; returns it and its real sha256."""
+    path, _ = _weights_file(folder)
+    target = path.with_name(IBN_NET_R50_URL.rsplit("/", 1)[1])
+    path.rename(target)
+    return target, hashlib.sha256(target.read_bytes()).hexdigest()
+
+
+def test_local_file_with_the_release_name_but_another_hash_is_refused_in_one_line(tmp_path):
+    path, actual = _release_named(tmp_path / "w")
+    pinned = PINNED_SHA256[path.name]
+    assert not actual.startswith(pinned)
+    with pytest.raises(UserError) as err:
+        resolve_pretrained(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: sha256 mismatch: expected {pinned}... (pinned), the local file {path} has {actual}")
+    assert f"model.pretrained_sha256={actual}" in msg and "\n" not in msg
+    renamed, _ = _weights_file(tmp_path / "x", name="mine-0123abcd.pth")  # torch.hub-style tag: checked too
+    with pytest.raises(UserError, match=r"expected 0123abcd\.\.\. \(file name\)"):
+        resolve_pretrained(str(renamed))
+
+
+def test_pretrained_sha256_names_another_file_and_is_then_the_only_check(tmp_path):
+    path, actual = _release_named(tmp_path / "w")
+    cfg = ModelCfg(depth=18, pretrained=str(path), pretrained_sha256=actual)
+    weights = resolve_model_weights(cfg)
+    assert weights is not None and weights.sha256 == actual and weights.path == path
+    assert pretrained_tags(weights) == {"pretrained.source": str(path), "pretrained.sha256": actual,
+                                        "pretrained.sha256_check": "model.pretrained_sha256"}
+    target = cache_path(IBN_NET_R50_URL, tmp_path / "cache")  # a cached copy: accepted without network
+    target.parent.mkdir(parents=True)
+    target.write_bytes(path.read_bytes())
+    assert resolve_pretrained(IBN_NET_R50_URL, tmp_path / "cache", sha256=actual).path == target
+    other = "0" * 64
+    with pytest.raises(UserError) as err:
+        resolve_pretrained(IBN_NET_R50_URL, tmp_path / "cache", sha256=other)
+    msg = str(err.value)
+    assert f"expected {other} (model.pretrained_sha256), the cached file {target} has {actual}" in msg
+    assert "\n" not in msg
+    with pytest.raises(ValueError, match="pretrained_sha256"):
+        ModelCfg(pretrained_sha256="d9d0bb7b")  # the full digest, or nothing
+
+
+def test_downloaded_file_is_checked_against_the_override(tmp_path):
+    served, _ = _weights_file(tmp_path / "www", name="r18_ibn_a-deadbeef.pth")  # wrong tag in the name
+    actual = hashlib.sha256(served.read_bytes()).hexdigest()
+    with _http_server(tmp_path / "www") as base:
+        weights = resolve_pretrained(f"{base}/{served.name}", tmp_path / "cache", sha256=actual)
+    assert weights.sha256 == actual and weights.checked_against == "model.pretrained_sha256"
+
+
+def test_run_stage_refuses_to_ignore_the_configured_weights(tmp_path):
+    from anet.config import load_config
+    from anet.train.stage import run_stage
+
+    path, _ = _weights_file(tmp_path / "w")
+    cfg = load_config("smoke", [f"model.pretrained={path}"])
+    with pytest.raises(UserError, match=r"^model\.pretrained=.* names backbone weights but none were passed"):
+        run_stage(cfg, tmp_path / "no-cache", "stage_one", tmp_path / "out")
+    with pytest.raises(UserError, match="model.pretrained is none"):
+        run_stage(load_config("smoke"), tmp_path / "no-cache", "stage_one", tmp_path / "out", pretrained=path)
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_train_step_logs_the_configured_weights_source_and_hash(tmp_path, monkeypatch):
+    import mlflow
+
+    from anet import steps
+    from anet.config import resolve_config
+
+    path, _ = _weights_file(tmp_path / "w")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = resolve_config("smoke", data_root=str(tmp_path / "data"), cache_root=str(tmp_path / "cache"),
+                         overrides={"model.pretrained": str(path)})
+    prep = steps.prepare_data(str(tmp_path / "prep"), config_json=cfg.to_json(), open_parent_run=True)
+    result = steps.train(prep["config_json"], str(tmp_path / "prep"), "stage_one", str(tmp_path / "one"),
+                         parent_run_id=prep["parent_run_id"])
+    ckpt = torch.load(result["checkpoint"], weights_only=True)
+    assert ckpt["provenance"]["pretrained.sha256"] == digest
+    runs = mlflow.search_runs(experiment_ids=[mlflow.get_run(prep["parent_run_id"]).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{prep['parent_run_id']}'",
+                              output_format="list")
+    params = next(r.data.params for r in runs if "pretrained.source" in r.data.params)
+    assert params["pretrained.source"] == str(path) and params["pretrained.sha256"] == digest
+    assert params["pretrained.sha256_check"] == "file name"

@@ -20,7 +20,7 @@ from pathlib import Path
 from anet.config import load_config
 from anet.errors import UserError
 from anet.evaluation.in_training import make_eval_fn
-from anet.mlops.pretrained import pretrained_tags, resolve_pretrained
+from anet.mlops.pretrained import pretrained_tags, resolve_model_weights
 from anet.steps.preflight import check_run_paths
 from anet.steps.prepare import prepare_from_config
 from anet.train.callbacks import JsonlLogCallback
@@ -77,7 +77,7 @@ def train_command(args: argparse.Namespace) -> int:
         if not default.is_file():
             raise UserError(f"--stage two needs --init-from (a stage-one final.pt); {default} does not exist")
         init_from = default
-    weights = resolve_pretrained(cfg.model.pretrained) if init_from is None else None
+    weights = resolve_model_weights(cfg.model) if init_from is None else None
     is_main = int(os.environ.get("RANK", "0")) == 0
     try:
         prepared = prepare_from_config(cfg, progress=not args.no_progress)

@@ -86,6 +86,9 @@ class ModelCfg(_Frozen):
     s_a: int = Field(128, ge=8)
     s_j: int = Field(512, ge=8)
     pretrained: str | None = None  # http(s):// URL, s3:// object or local path (anet.mlops.pretrained); none = scratch
+    # full sha256 the weights file must have; only to accept a file other than the pinned release
+    # (anet.mlops.pretrained.PINNED_SHA256), e.g. a re-exported copy; none = the pinned/name check
+    pretrained_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="before")
     @classmethod

@@ -11,12 +11,19 @@ Remote files are downloaded once into the cache directory (``$ANET_WEIGHTS_DIR``
 ``~/.cache/anet/weights``) at ``<cache>/<host>/<url path>`` or ``<cache>/s3/<bucket>/<key>``, with
 progress (tqdm on a TTY, log lines otherwise), through a temp file renamed into place only after the
 check below, so the cache never holds a partial or wrong file. A cached file is reused without network.
-A remote file named ``<name>-<hex>.<ext>`` (torch.hub's ``check_hash`` convention, >= 8 hex digits)
-must have a sha256 that starts with ``<hex>``; a mismatch, or an unreachable source with nothing
-cached, is one :class:`~anet.errors.UserError` line (the latter saying where to put the file by hand).
+
+Every file (downloaded, cached or local) is checked against, first match wins:
+
+1. ``model.pretrained_sha256`` (the ``sha256`` argument): the full digest, to accept another file;
+2. :data:`PINNED_SHA256`, by file name (the IBN-Net release the paper profiles train from);
+3. a file named ``<name>-<hex>.<ext>`` (torch.hub's ``check_hash`` convention, >= 8 hex digits): the
+   sha256 must start with ``<hex>``.
+
+A mismatch, or an unreachable source with nothing cached, is one :class:`~anet.errors.UserError` line
+(naming both hashes; the latter saying where to put the file by hand).
 
 Example:
-    >>> weights = resolve_pretrained(cfg.model.pretrained)          # before data preparation / training
+    >>> weights = resolve_model_weights(cfg.model)          # before data preparation / training
     >>> tracking.set_tags(pretrained_tags(weights))
     >>> model = build_model(cfg.model, num_ids, attr_classes, pretrained=weights.path if weights else None)
 """
@@ -36,6 +43,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
+from anet.config import ModelCfg
 from anet.errors import UserError
 from anet.io import atomic_path, sha256_file
 from anet.mlops import s3
@@ -44,6 +52,12 @@ log = logging.getLogger(__name__)
 
 IBN_NET_R50_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth"
 NONE_VALUES = frozenset({"", "none", "null"})
+# sha256 (or its published prefix) by release file name. IBN-Net publishes no full sha256 for its v1.0
+# release: the only published digest is torch.hub's 8-hex-digit prefix in the file name (searched: the
+# IBN-Net README, releases and issues, FastReID, torch hub users: none states the full digest), so that
+# prefix is the pin. The full digest of the file actually used is logged with every run
+# (``pretrained.sha256``); put it into model.pretrained_sha256 to pin a trusted copy completely.
+PINNED_SHA256: dict[str, str] = {"resnet50_ibn_a-d9d0bb7b.pth": "d9d0bb7b"}
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
 _MIB = 1024 * 1024
 _BLOCK = 1 << 20
@@ -56,6 +70,7 @@ class PretrainedWeights:
     path: Path  # local file to pass to the model builder
     source: str  # model.pretrained as given
     sha256: str  # hex digest of the file
+    checked_against: str = "none"  # model.pretrained_sha256 / pinned / file name / none (module doc)
 
 
 def default_cache_dir() -> Path:
@@ -75,13 +90,22 @@ def cache_path(source: str, cache_dir: str | os.PathLike[str] | None = None) -> 
     return root.joinpath(*head, *parts)
 
 
-def resolve_pretrained(source: str | None, cache_dir: str | os.PathLike[str] | None = None
-                       ) -> PretrainedWeights | None:
+def resolve_model_weights(model_cfg: ModelCfg, cache_dir: str | os.PathLike[str] | None = None
+                          ) -> PretrainedWeights | None:
+    """``model.pretrained`` checked against ``model.pretrained_sha256`` (module doc); None = from scratch."""
+    return resolve_pretrained(model_cfg.pretrained, cache_dir, sha256=model_cfg.pretrained_sha256)
+
+
+def resolve_pretrained(source: str | None, cache_dir: str | os.PathLike[str] | None = None,
+                       sha256: str | None = None) -> PretrainedWeights | None:
     """Turn ``model.pretrained`` into a verified local file (downloading it once); None = from scratch.
+
+    ``sha256`` (``model.pretrained_sha256``) is the full digest the file must have; without it the
+    pinned digest of a known release file, else the prefix in the file name, is checked.
 
     Raises:
         UserError: unreachable source with nothing cached (says where to put the file), a hash that
-        does not match the one in the file name, or a missing local file.
+        does not match the expected one (one line naming both), or a missing local file.
 
     Example:
         >>> resolve_pretrained(IBN_NET_R50_URL).path
@@ -90,24 +114,28 @@ def resolve_pretrained(source: str | None, cache_dir: str | os.PathLike[str] | N
     if source is None or source.strip().lower() in NONE_VALUES:
         return None
     source = source.strip()
+    expected = _expected(source, sha256)
     scheme = urllib.parse.urlparse(source).scheme
     if scheme not in {"http", "https", "s3"}:
         path = _local_path(source, scheme)
-        return PretrainedWeights(path, source, sha256_file(path))
+        digest = _check_digest(source, sha256_file(path), f"the local file {path}", expected)
+        return PretrainedWeights(path, source, digest, expected[1] if expected else "none")
     target = cache_path(source, cache_dir)
     if target.is_file():
         log.info("pretrained weights %s: using the cached %s", source, target)
-        digest = _verified(source, target)
+        digest = _check_digest(source, sha256_file(target), f"the cached file {target}", expected)
     else:
-        digest = _download(source, target)
-    return PretrainedWeights(target, source, digest)
+        digest = _download(source, target, expected)
+    return PretrainedWeights(target, source, digest, expected[1] if expected else "none")
 
 
 def pretrained_tags(weights: PretrainedWeights | None) -> dict[str, str]:
-    """Tags/params to log with the run: ``pretrained.source`` and ``pretrained.sha256``."""
+    """Params to log with the run: ``pretrained.source``, ``pretrained.sha256`` and what it was checked
+    against (``pretrained.sha256_check``: model.pretrained_sha256 / pinned / file name / none)."""
     if weights is None:
-        return {"pretrained.source": "none", "pretrained.sha256": ""}
-    return {"pretrained.source": weights.source, "pretrained.sha256": weights.sha256}
+        return {"pretrained.source": "none", "pretrained.sha256": "", "pretrained.sha256_check": "none"}
+    return {"pretrained.source": weights.source, "pretrained.sha256": weights.sha256,
+            "pretrained.sha256_check": weights.checked_against}
 
 
 def _local_path(source: str, scheme: str) -> Path:
@@ -119,24 +147,28 @@ def _local_path(source: str, scheme: str) -> Path:
     return path
 
 
-def _expected_prefix(source: str) -> str | None:
-    match = _HASH_IN_NAME.search(PurePosixPath(urllib.parse.urlparse(source).path).name)
-    return match.group(1) if match else None
+def _expected(source: str, sha256: str | None) -> tuple[str, str] | None:
+    """(expected digest or prefix, where it comes from), first match of the module doc's order."""
+    if sha256:
+        return sha256.lower(), "model.pretrained_sha256"
+    name = PurePosixPath(urllib.parse.urlparse(source).path).name
+    if name in PINNED_SHA256:
+        return PINNED_SHA256[name], "pinned"
+    match = _HASH_IN_NAME.search(name)
+    return (match.group(1), "file name") if match else None
 
 
-def _check_digest(source: str, digest: str, what: str) -> str:
-    expected = _expected_prefix(source)
-    if expected and not digest.startswith(expected):
-        raise UserError(f"{source}: sha256 mismatch: expected {expected}... (from the file name), {what} has "
-                        f"{digest}; check model.pretrained or replace the file")
-    return digest
+def _check_digest(source: str, digest: str, what: str, expected: tuple[str, str] | None) -> str:
+    if expected is None or digest.startswith(expected[0]):
+        return digest
+    want, why = expected
+    shown = want if len(want) == 64 else f"{want}..."
+    fix = "correct model.pretrained_sha256 or replace the file" if why == "model.pretrained_sha256" else \
+        f"if this is the file you mean, set model.pretrained_sha256={digest}, else replace the file"
+    raise UserError(f"{source}: sha256 mismatch: expected {shown} ({why}), {what} has {digest}; {fix}")
 
 
-def _verified(source: str, path: Path) -> str:
-    return _check_digest(source, sha256_file(path), f"the cached file {path}")
-
-
-def _download(source: str, target: Path) -> str:
+def _download(source: str, target: Path, expected: tuple[str, str] | None) -> str:
     """Download into ``target`` via a temp file; verify before the rename. Returns the sha256."""
     hint = f"without network, download it elsewhere and put it at {target} (or set model.pretrained to a local path)"
     with atomic_path(target) as tmp:
@@ -145,7 +177,7 @@ def _download(source: str, target: Path) -> str:
             digest = sha256_file(tmp)
         else:
             digest = _download_http(source, tmp, hint)
-        _check_digest(source, digest, "the downloaded file (discarded)")
+        _check_digest(source, digest, "the downloaded file (discarded)", expected)
     log.info("pretrained weights %s: saved %s (sha256 %s)", source, target, digest)
     return digest
 

@@ -20,7 +20,7 @@ from anet.data.validation import hold_out_validation
 from anet.errors import UserError
 from anet.io import atomic_write_text
 from anet.mlops.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks, verified_data_hash
-from anet.mlops.pretrained import resolve_pretrained
+from anet.mlops.pretrained import resolve_model_weights
 from anet.mlops.step_tracking import step_run
 from anet.steps.common import DESCRIPTOR, progress_enabled, reported_step
 from anet.steps.pipeline_run import OPENED_BY, start_pipeline_run
@@ -121,7 +121,7 @@ def prepare_data(out_dir: str, *, config_json: str | None = None, profile: str =
     if open_parent_run and not parent_run_id:
         parent_run_id = start_pipeline_run(cfg.data.dataset, profile, cfg.to_json(), {OPENED_BY: "pipeline"},
                                            driver=False)
-    resolve_pretrained(cfg.model.pretrained)  # fail fast (offline, bad hash) and warm the weight cache
+    resolve_model_weights(cfg.model)  # fail fast (offline, bad hash) and warm the weight cache
     with step_run(parent_run_id, "prepare") as tracker:
         prepared = prepare_from_config(cfg, progress=progress_enabled())
         frame = prepared.manifest.frame

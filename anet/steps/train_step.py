@@ -24,7 +24,7 @@ from anet.errors import UserError
 from anet.evaluation.in_training import make_eval_fn
 from anet.io import atomic_path, atomic_write_text
 from anet.mlops.optuna_bridge import pruning_callback_from_json
-from anet.mlops.pretrained import PretrainedWeights, pretrained_tags, resolve_pretrained
+from anet.mlops.pretrained import PretrainedWeights, pretrained_tags, resolve_model_weights
 from anet.mlops.step_tracking import step_run
 from anet.steps.common import (
     PRUNED_MARKER,
@@ -58,7 +58,7 @@ def train(config_json: str, dataset_descriptor: str, stage_name: str, out_dir: s
     if _nodes() > 1 and "LOCAL_RANK" not in os.environ and not (init_from and is_pruned(init_from)):
         return _train_on_nodes(args)
     # resolved before torchrun starts, so every rank finds the weights already in the cache
-    weights = resolve_pretrained(cfg.model.pretrained) if not init_from else None
+    weights = resolve_model_weights(cfg.model) if not init_from else None
     nproc = int(os.environ.get("ANET_NPROC", "1") or 1)
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _train_distributed(nproc, args)

@@ -49,6 +49,20 @@ def build_model_for(cfg: ExperimentConfig, prepared: Any, pretrained: str | Path
     return build_model(cfg.model, prepared.manifest.num_train_ids(), classes, pretrained=pretrained)
 
 
+def check_pretrained_given(cfg: ExperimentConfig, init_from: str | Path | None, pretrained: str | Path | None
+                           ) -> None:
+    """Refuse a stage that would start from weights other than the ones ``cfg.model.pretrained`` names."""
+    if init_from is not None:
+        return  # the checkpoint provides every weight
+    if cfg.model.pretrained is not None and pretrained is None:
+        raise UserError(f"model.pretrained={cfg.model.pretrained} names backbone weights but none were passed: "
+                        "resolve them first (anet.mlops.pretrained.resolve_model_weights(cfg.model)) and pass "
+                        "pretrained=weights.path, or set model.pretrained=none to train from scratch")
+    if cfg.model.pretrained is None and pretrained is not None:
+        raise UserError(f"pretrained={pretrained} was passed but model.pretrained is none: set model.pretrained "
+                        "to that file, so that the config (and its digest) says what the run starts from")
+
+
 def run_stage(cfg: ExperimentConfig, prepared_dir: str | Path, stage_name: str, out_dir: str | Path,
               init_from: str | Path | None = None, callbacks: Sequence[Callback] = (),
               eval_fn: EvalFn | None = None, resume: bool = True, progress: bool = True,
@@ -58,8 +72,12 @@ def run_stage(cfg: ExperimentConfig, prepared_dir: str | Path, stage_name: str, 
     ``init_from`` (stage two: stage one's ``final.pt``) provides the starting weights, else
     ``pretrained`` (a local backbone weight file); a stage that freezes the f branch with neither
     is refused. ``provenance`` (e.g. the weights' source and sha256) is stored in every checkpoint.
+    Without ``init_from``, ``pretrained`` must be given exactly when ``cfg.model.pretrained`` names
+    weights: this room cannot download or hash-check them (``anet.mlops.pretrained`` sits above it), so
+    a config that names weights never trains from random ones silently.
     """
     stage = stage_cfg(cfg, stage_name)
+    check_pretrained_given(cfg, init_from, pretrained)
     if stage.freeze_f and init_from is None and pretrained is None:
         raise UserError(f"{stage_name}.freeze_f=true freezes a randomly initialised backbone; pass the stage-one "
                         "checkpoint as init_from (anet train --stage two --init-from runs/NAME/stage_one/final.pt)")
