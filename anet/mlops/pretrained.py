@@ -52,10 +52,10 @@ log = logging.getLogger(__name__)
 
 IBN_NET_R50_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth"
 NONE_VALUES = frozenset({"", "none", "null"})
-# sha256 (or its published prefix) by release file name. IBN-Net publishes no full sha256 for its v1.0
-# release: the only published digest is torch.hub's 8-hex-digit prefix in the file name (searched: the
-# IBN-Net README, releases and issues, FastReID, torch hub users: none states the full digest), so that
-# prefix is the pin. The full digest of the file actually used is logged with every run
+# sha256 (or its published prefix) by release file name. No full sha256 of the IBN-Net v1.0 release file
+# was found published (searched for "d9d0bb7b": the IBN-Net issues, FastReID and other code that downloads
+# the file, web pages naming it); the digest published is torch.hub's 8-hex-digit prefix in the file name,
+# so that prefix is the pin. The full digest of the file actually used is logged with every run
 # (``pretrained.sha256``); put it into model.pretrained_sha256 to pin a trusted copy completely.
 PINNED_SHA256: dict[str, str] = {"resnet50_ibn_a-d9d0bb7b.pth": "d9d0bb7b"}
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
