@@ -152,3 +152,77 @@ def test_the_page_in_headless_chromium_uploads_a_query_and_lists_hits(setup, pag
     finally:
         driver.quit()
 
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (80, 80, 80)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _raw_post(url: str, body: bytes | Iterator[bytes], chunked: bool = False) -> tuple[int, dict, dict]:
+    """POST ``body`` to /api/search with http.client (chunked: no Content-Length, sent as it comes)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    try:
+        conn.request("POST", "/api/search", body, {"Content-Type": "application/json"}, encode_chunked=chunked)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_uploads_over_the_pixel_or_body_cap_answer_413_with_one_line(setup):
+    from anet.search.limits import Limits
+
+    limits = Limits(max_body_bytes=256 << 10, max_pixels=512 * 512)
+    with running(create_app(setup.index, setup.predictor, limits)) as url:
+        status, body = _post(url + "/api/search", {"image": base64.b64encode(_png(600, 500)).decode()})
+        assert status == 413 and "600 x 500 px" in body["error"] and "0.3 MP" in body["error"], body
+        status, body = _post(url + "/api/search", {"image": base64.b64encode(_png(512, 512)).decode(), "k": 3})
+        assert status == 200 and len(body["hits"]) == 3  # at the cap: searched
+        status, _h, body = _raw_post(url, b'{"image": "' + b"A" * (300 << 10) + b'"}')
+        assert status == 413 and body["error"].startswith("body: more than"), body
+        chunks = iter([b'{"image": "'] + [b"A" * (64 << 10)] * 5 + [b'"}'])  # no Content-Length to go by
+        status, _h, body = _raw_post(url, chunks, chunked=True)
+        assert status == 413 and body["error"].startswith("body: more than"), body
+        assert _get(url + "/api/info")[0] == 200
+
+
+class _Held:
+    """The predictor, holding every embedding until ``release`` is set (a search kept in flight)."""
+
+    def __init__(self, inner: object):
+        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def embed_arrays(self, images: object) -> object:
+        self.entered.set()
+        self.release.wait(30)
+        return self.inner.embed_arrays(images)
+
+
+def test_searches_beyond_the_bound_answer_503_with_retry_after(setup):
+    from anet.search.limits import Limits
+
+    held = _Held(setup.predictor)
+    upload = {"image": base64.b64encode(_png(64, 64)).decode(), "k": 3}
+    with running(create_app(setup.index, held, Limits(max_searches=1, retry_after_s=2))) as url:
+        first: list[tuple[int, dict]] = []
+        thread = threading.Thread(target=lambda: first.append(_post(url + "/api/search", upload)))
+        thread.start()
+        try:
+            assert held.entered.wait(30)
+            status, headers, body = _raw_post(url, json.dumps(upload).encode())
+            assert status == 503 and headers.get("retry-after") == "2" and "retry in 2 s" in body["error"], body
+            assert _get(url + "/api/info")[0] == 200  # other routes are not held back
+        finally:
+            held.release.set()
+            thread.join(30)
+        assert first[0][0] == 200
+        assert _post(url + "/api/search", upload)[0] == 200  # the slot is free again

@@ -11,6 +11,9 @@ Routes: ``GET /`` (the page), ``GET /api/info`` (model, vocabularies, cameras), 
 base64 or ``item``, ``k``, ``filters``, ``cameras``, ``min_confidence``). Mistakes answer 400 with
 ``{"error": "..."}``.
 
+What one search may cost is bounded (:mod:`anet.search.limits`): 413 for a body or an upload too large,
+503 with ``Retry-After`` beyond the searches the page takes at once.
+
 Example:
     >>> serve_page(GalleryIndex.open("runs/index"), host="127.0.0.1", port=8000)   # until Ctrl-C
 """
@@ -28,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from anet.errors import UserError
 from anet.search.index import GalleryIndex
+from anet.search.limits import Limits, SearchGate, TooLarge, upload_bytes
 from anet.search.predictor import ReidPredictor
 from anet.search.query import Filters, Query, embed_query, load_image, query_from_item, search
 from anet.search.served import load_predictor
@@ -48,15 +52,21 @@ class SearchRequest(BaseModel):
     min_confidence: float = Field(0.0, ge=0.0, le=1.0)
 
 
-def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> Any:
+def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None, limits: Limits | None = None) -> Any:
     """The FastAPI app; ``predictor`` (the index's model) is loaded from the registry when not given."""
     from fastapi import FastAPI, Request  # lazy: only the page needs fastapi
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    limits = limits or Limits()
     app = FastAPI(title="anet search", docs_url=None, redoc_url=None)
+    app.add_middleware(SearchGate, limits=limits)
     loaded: dict[str, ReidPredictor] = {} if predictor is None else {"model": predictor}
+
+    @app.exception_handler(TooLarge)
+    async def too_large(request: Request, exc: TooLarge) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=413)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
@@ -91,7 +101,7 @@ def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None) -> A
 
     @app.post("/api/search")
     def run_search(body: SearchRequest) -> dict[str, Any]:
-        query = _query(index, body, loaded)
+        query = _query(index, body, loaded, limits.max_pixels)
         filters = Filters({k: v for k, v in body.filters.items() if v}, tuple(body.cameras), body.min_confidence)
         hits = search(index, query, body.k + (body.item is not None), filters)
         hits = hits[hits["item"] != body.item].head(body.k)  # a gallery item as query: show the others
@@ -119,7 +129,7 @@ def _info(index: GalleryIndex) -> dict[str, Any]:
             "cameras": cameras}
 
 
-def _query(index: GalleryIndex, body: SearchRequest, loaded: dict[str, ReidPredictor]) -> Query:
+def _query(index: GalleryIndex, body: SearchRequest, loaded: dict[str, ReidPredictor], max_pixels: int) -> Query:
     if (body.image is None) == (body.item is None):
         raise UserError("send exactly one of 'image' (base64) and 'item' (a gallery item)")
     if body.item is not None:
@@ -127,7 +137,7 @@ def _query(index: GalleryIndex, body: SearchRequest, loaded: dict[str, ReidPredi
     if "model" not in loaded:
         loaded["model"], ref = load_predictor(index.model.uri)
         index.check_model(ref)
-    return embed_query(loaded["model"], index.model, body.image)
+    return embed_query(loaded["model"], index.model, upload_bytes(body.image or "", max_pixels))
 
 
 def _hit(hit: dict[str, Any], index: GalleryIndex) -> dict[str, Any]:
@@ -149,7 +159,7 @@ def thumbnail_png(image: np.ndarray, size: int = THUMB) -> bytes:
 
 
 def serve_page(index: GalleryIndex, host: str = "127.0.0.1", port: int = 8000,
-               predictor: ReidPredictor | None = None) -> None:
+               predictor: ReidPredictor | None = None, limits: Limits | None = None) -> None:
     """Run the page with uvicorn until interrupted."""
     import faiss  # lazy: see GalleryIndex.open
     import uvicorn  # lazy: only the page needs uvicorn
@@ -158,4 +168,4 @@ def serve_page(index: GalleryIndex, host: str = "127.0.0.1", port: int = 8000,
     faiss.omp_set_num_threads(1)
     log.info("search page for %s (%d items, model %s) on http://%s:%d", index.folder, len(index), index.model,
              host, port)
-    uvicorn.run(create_app(index, predictor), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(index, predictor, limits), host=host, port=port, log_level="warning")
