@@ -14,6 +14,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from anet.cli import evaluate as commands
 from anet.config import EvalCfg, load_config
@@ -23,7 +24,10 @@ from anet.evaluation.knn import knn_graph
 from anet.evaluation.protocols import evaluate_dataset_full, vehicleid_split
 from anet.evaluation.rerank import rerank_distances, rerank_metrics
 from anet.evaluation.rerank_protocols import rerank_dataset
+from anet.mlops.step_tracking import StepTracker
+from anet.model import build_model
 from anet.steps.evaluate_step import _eval_report
+from anet.steps.prepare import prepare_from_config
 
 
 def _fastreid_file(rel: str) -> ModuleType:
@@ -230,3 +234,27 @@ def test_memory_stays_bounded_where_dense_matrices_would_not_fit():
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["valid"] > 500 and 0 < out["mAP"] < 1
     assert out["peak_mb"] - out["base_mb"] < 400, out  # 2.5 GB for a single dense matrix
+
+
+def test_evaluate_checkpoint_rerank_beside_plain_metrics(tmp_path, capsys):
+    """`anet evaluate --rerank` on the smoke cache: rerank/<metric> beside the plain ones in the results,
+    the table and the step's eval/<set>/rerank/<metric> names; the plain numbers are unchanged."""
+    cfg = load_config("smoke", [f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}"])
+    prepared = prepare_from_config(cfg, progress=False)
+    manifest = prepared.manifest
+    model = build_model(cfg.model, num_ids=manifest.num_train_ids(), attr_classes=manifest.attr_classes())
+    ckpt = tmp_path / "final.pt"
+    torch.save({"model": model.state_dict(), "num_ids": manifest.num_train_ids(),
+                "attr_classes": manifest.attr_classes(), "model_cfg": cfg.model.model_dump(mode="json")}, ckpt)
+    base = ["evaluate", "--checkpoint", str(ckpt), "--cache", str(prepared.cache_dir), "--profile", "smoke",
+            "--device", "cpu", "--precision", "fp32"]
+    assert _run_cli([*base, "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads(capsys.readouterr().out)["results"]
+    assert _run_cli([*base, "--rerank", "--out", str(tmp_path / "rr")]) == 0
+    got = json.loads(capsys.readouterr().out)["results"]
+    for test_set, metrics in got.items():
+        assert {k: v for k, v in metrics.items() if not k.startswith("rerank/")} == plain[test_set]
+        assert 0 < metrics["rerank/mAP"] <= 1 and metrics["rerank/num_valid"] == metrics["num_valid"]
+    assert "rerank/mAP" in (tmp_path / "rr" / "results.csv").read_text().splitlines()[0]
+    flat = StepTracker().log_eval(got, [])
+    assert flat["eval/test/rerank/mAP"] == got["test"]["rerank/mAP"] and "eval/test/mAP" in flat

@@ -11,8 +11,9 @@ size N x N is ever held or sorted::
 
 Method: tiles ``S = X_I @ X_J^T`` for J >= I only (the Gram matrix is symmetric, so each product
 serves the rows of I and, transposed, the rows of J: half the flops of a plain N x N search). Each
-row keeps its best ``k + margin`` similarities; a tile's first visit to a row uses ``torch.topk``,
-later tiles only pass what beats the row's current worst kept value (one compare pass). The kept
+row keeps its best ``k + margin`` similarities: the diagonal tiles go first (``torch.topk``), then a
+tile only passes what beats a row's current worst kept value (one compare pass per direction, the
+two directions in parallel). The kept
 candidates are finally ordered by ``(R, index)`` (R is what the reference sorts; the index breaks
 its rare ties like a stable argsort) and cut to k.
 """
@@ -60,16 +61,19 @@ def knn_graph(feats: torch.Tensor | np.ndarray, k: int, block: int = 4096) -> Kn
     s_min = np.full(n, np.inf, dtype=np.float32)
     tile = torch.empty(min(block, n), min(block, n), dtype=torch.float32)
     masks = np.empty((2, *tile.shape), dtype=bool)
+    for r0 in range(0, n, block):  # diagonal tiles first: every row starts with a threshold to filter by
+        r1 = min(r0 + block, n)
+        s = torch.mm(x[r0:r1], x[r0:r1].t(), out=tile[: r1 - r0, : r1 - r0]).numpy()  # b x b
+        _merge(best_s, best_i, s_min, r0, s, r0, masks[0], False)
     with ThreadPoolExecutor(2) as pool:  # the two directions of a tile in parallel (numpy frees the GIL)
         for r0 in range(0, n, block):
             r1 = min(r0 + block, n)
-            for c0 in range(r0, n, block):
+            for c0 in range(r0 + block, n, block):
                 c1 = min(c0 + block, n)
                 s = torch.mm(x[r0:r1], x[c0:c1].t(), out=tile[: r1 - r0, : c1 - c0]).numpy()  # b x b'
-                cols = pool.submit(_merge, best_s, best_i, s_min, c0, s, r0, masks[1], True) if c0 != r0 else None
+                cols = pool.submit(_merge, best_s, best_i, s_min, c0, s, r0, masks[1], True)
                 _merge(best_s, best_i, s_min, r0, s, c0, masks[0], False)
-                if cols is not None:
-                    cols.result()
+                cols.result()
     return _finish(best_s, best_i, s_min, k)
 
 
