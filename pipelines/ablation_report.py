@@ -1,8 +1,15 @@
-"""The ablation's MLflow run, what already finished, and the table: mean +- std over seeds per row.
+"""The ablation's report, from ``runs.csv`` alone: the table, the paired steps with 95% CIs, the plot.
 
-Example:
-    >>> run_id = open_ablation_run("synthetic", "ablation-synthetic")
-    >>> results = list(finished_rows("synthetic", "ablation-synthetic").values())
+::
+
+    python -m pipelines.ablation_report ablations/ablation-synthetic-wild/runs.csv
+    python -m pipelines.ablation_report ablations/ablation-synthetic-wild/runs.csv --readme README.md
+    make ablation-report                      # the same for the default grid, README included
+
+Rows are grouped by the CPU that ran them: a grid split across machines shows one line per (row, CPU)
+and pairs seeds only within one CPU (the same seed lands elsewhere on another CPU). ``--readme``
+replaces the text between ``<!-- ablation:NAME -->`` and ``<!-- /ablation:NAME -->`` (NAME = the
+folder of runs.csv). The grid's MLflow run (finding, opening, what finished) lives here too.
 """
 
 from __future__ import annotations
@@ -10,26 +17,40 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from anet.config import TEST_SETS
-from anet.io import atomic_path, atomic_write_text
+from anet.errors import UserError, run_guarded
+from anet.io import atomic_write_text
+from anet.logs import setup_logging
 from anet.mlops import tracking
+from pipelines.ablation_plot import plot_report
+from pipelines.ablation_rows import ROW_LABELS, ROW_ORDER, STEPS
+from pipelines.ablation_runs import read_runs
+from pipelines.ablation_stats import paired_difference
 
 METRICS = ("mAP", "R1", "R5", "mINP")
+STEP_METRICS = ("mAP", "R1")
 
 
 @dataclasses.dataclass(frozen=True)
 class RowResult:
-    """One finished (row, seed): its pipeline run and its ``eval/<split>/<metric>`` values."""
+    """One finished (row, seed) in MLflow: its pipeline run, metrics, CPU tag and duration."""
 
     row: str
     seed: int
     run_id: str
     metrics: dict[str, float]
+    cpu: str = "unknown"
+    wall_s: float = math.nan
+    config: str = ""  # the anet.ablation.config tag: which resolved config the run trained
+    git_commit: str = "unknown"
+    finished_at: str = ""
 
 
 def find_ablation_run(dataset: str, name: str) -> str | None:
@@ -57,81 +78,160 @@ def open_ablation_run(dataset: str, name: str) -> str:
 
 
 def finished_rows(dataset: str, name: str) -> dict[tuple[str, int], RowResult]:
-    """Every (row, seed) of the ablation whose pipeline run succeeded."""
+    """Every (row, seed) of the ablation whose pipeline run succeeded, in this MLflow store."""
     from mlflow import MlflowClient  # lazy: mlflow is heavy and only needed when tracking
 
     query = (f"tags.`anet.ablation` = '{name}' and tags.`anet.kind` = 'pipeline' "
              "and tags.`anet.outcome` = 'succeeded'")
     out: dict[tuple[str, int], RowResult] = {}
     for run in MlflowClient().search_runs([tracking.experiment_id(dataset)], query, max_results=5000):
-        tags = run.data.tags
+        tags, info = run.data.tags, run.info
         key = (tags["anet.ablation.row"], int(tags["anet.ablation.seed"]))
-        out[key] = RowResult(key[0], key[1], run.info.run_id, dict(run.data.metrics))
+        wall = (info.end_time - info.start_time) / 1000.0 if info.end_time and info.start_time else math.nan
+        ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.end_time / 1000)) if info.end_time else ""
+        out[key] = RowResult(key[0], key[1], info.run_id, dict(run.data.metrics), tags.get("anet.cpu", "unknown"),
+                             wall, tags.get("anet.ablation.config", ""), tags.get("git.commit", "unknown"), ended)
     return out
 
 
-def summary_frame(results: list[RowResult], dataset: str, order: dict[str, int], papers: dict[str, str]
-                  ) -> pd.DataFrame:
-    """One line per row: seeds, then mean and std of each test metric and of the validation mAP."""
-    test = TEST_SETS[dataset][0]
+def _latest(runs: pd.DataFrame) -> pd.DataFrame:
+    """One line per (row, seed, cpu): the last one written (a rerun of the same seed replaces it)."""
+    runs = runs.assign(cpu=runs["cpu"].fillna("unknown"))
+    return runs.drop_duplicates(["row", "seed", "cpu"], keep="last")
+
+
+def cpu_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """``{cpu model: "A"}`` in order of first appearance."""
+    return {cpu: chr(ord("A") + i) for i, cpu in enumerate(dict.fromkeys(runs["cpu"].fillna("unknown")))}
+
+
+def test_split(runs: pd.DataFrame) -> str:
+    """The test split the table reports (the dataset's first), from the file's ``dataset`` column."""
+    datasets = sorted(set(runs["dataset"]))
+    if len(datasets) != 1 or datasets[0] not in TEST_SETS:
+        raise UserError(f"runs.csv: one dataset per file expected, found {datasets}; split the file")
+    return TEST_SETS[datasets[0]][0]
+
+
+def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """One line per (row, CPU): seeds, mean and sample std (ddof=1) of each test metric and val mAP."""
+    runs, test, labels = _latest(runs), test_split(runs), cpu_labels(runs)
     columns = [(f"eval/{test}/{m}", m) for m in METRICS] + [("eval/val/mAP", "val mAP")]
     lines = []
-    for row in sorted({r.row for r in results}, key=lambda k: order.get(k, 99)):
-        runs = [r for r in results if r.row == row]
-        line: dict[str, object] = {"row": papers.get(row, row), "key": row, "seeds": len(runs)}
+    for (row, cpu), group in sorted(runs.groupby(["row", "cpu"], sort=False),
+                                    key=lambda kv: (ROW_ORDER.get(kv[0][0], 99), labels[kv[0][1]])):
+        line: dict[str, object] = {"row": ROW_LABELS.get(row, row), "key": row, "cpu": labels[cpu],
+                                   "seeds": len(group), "wall_s": float(group["wall_s"].mean())}
         for key, label in columns:
-            values = np.array([r.metrics.get(key, math.nan) for r in runs], dtype=float)
-            line[f"{label} mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-            # the sample standard deviation over seeds (ddof=1); undefined for one seed, shown as such
-            line[f"{label} std"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else math.nan
+            values = group[key].to_numpy(dtype=float) if key in group else np.array([math.nan])
+            finite = values[np.isfinite(values)]
+            line[f"{label} mean"] = float(finite.mean()) if len(finite) else math.nan
+            line[f"{label} std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
         lines.append(line)
     return pd.DataFrame(lines)
 
 
-def to_markdown(frame: pd.DataFrame, dataset: str) -> str:
-    """``| row | seeds | mAP | R1 | ... |`` with ``mean +- std`` cells (test split, then validation); a
-    row with one seed shows its value alone."""
-    labels = [*METRICS, "val mAP"]
-    head = f"| row ({dataset}, test split `{TEST_SETS[dataset][0]}`) | seeds | " + " | ".join(labels) + " |"
-    lines = [head, "|---|---|" + "---|" * len(labels)]
-    for _, r in frame.iterrows():
-        cells = [f"{r[f'{m} mean']:.3f}" + (f" +- {r[f'{m} std']:.3f}" if math.isfinite(r[f"{m} std"]) else "")
-                 for m in labels]
-        lines.append(f"| {r['row']} | {r['seeds']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def steps_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each step of the paper's ordering per metric and CPU: paired per-seed differences and their CI."""
+    runs, test, labels = _latest(runs), test_split(runs), cpu_labels(runs)
+    lines = []
+    for metric in STEP_METRICS:
+        column = f"eval/{test}/{metric}"
+        for step in STEPS:
+            for cpu, group in runs.groupby("cpu", sort=False):
+                a = group[group["row"] == step.minuend].set_index("seed")
+                b = group[group["row"] == step.subtrahend].set_index("seed")
+                seeds = sorted(set(a.index) & set(b.index))
+                if not seeds or column not in group:
+                    continue
+                d = paired_difference(a.loc[seeds, column].tolist(), b.loc[seeds, column].tolist())
+                lines.append({"step": step.label, "metric": metric, "cpu": labels[cpu], "seeds": d.n,
+                              "diffs": d.diffs, "mean": d.mean, "sd": d.sd, "half_width": d.half_width,
+                              "lo": d.mean - d.half_width, "hi": d.mean + d.half_width,
+                              "resolved": d.resolved, "needed": None if d.resolved else d.needed})
+    return pd.DataFrame(lines)
 
 
-def write_report(results: list[RowResult], args: argparse.Namespace, out_dir: Path, order: dict[str, int],
-                 papers: dict[str, str]) -> str:
-    """Markdown + CSV + bar plot on disk and in the ablation's MLflow run; returns the Markdown table."""
-    frame = summary_frame(results, args.dataset, order, papers)
-    table = to_markdown(frame, args.dataset)
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.3f}" + (f" +- {std:.3f}" if math.isfinite(std) else "")
+
+
+def _needed(line: pd.Series) -> str:
+    if line["resolved"]:
+        return "resolved"
+    if line["seeds"] < 2:
+        return "needs >= 2 seeds"
+    return "unresolvable (mean ~0)" if pd.isna(line["needed"]) else f"{int(line['needed'])} seeds"
+
+
+def to_markdown(summary: pd.DataFrame, steps: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The rows table, which CPU ran what, and the steps table, as one Markdown block."""
+    labels, test = [*METRICS, "val mAP"], test_split(runs)
+    out = [f"| row (test split `{test}`; val = validation) | CPU | seeds | " + " | ".join(labels) + " | s / run |",
+           "|---|---|---|" + "---|" * len(labels) + "---|"]
+    for _, r in summary.iterrows():
+        cells = [_cell(r[f"{m} mean"], r[f"{m} std"]) for m in labels]
+        out.append(f"| {r['row']} | {r['cpu']} | {r['seeds']} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} |")
+    out.append("")
+    for cpu, label in cpu_labels(runs).items():
+        mine = runs[runs["cpu"].fillna("unknown") == cpu]
+        out.append(f"- CPU {label}: {cpu}: {len(mine)} runs, {mine['wall_s'].sum() / 3600:.2f} h wall in all")
+    out += ["", "| step of the paper's ordering | metric | CPU | seeds | per-seed differences | mean | 95% CI "
+            "| smallest resolvable (CI half-width) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    if steps.empty:
+        out.append("| (no step: no two rows of a step share a seed on one CPU) | | | | | | | | |")
+    for _, s in steps.iterrows():
+        diffs = ", ".join(f"{d:+.3f}" for d in s["diffs"])
+        ci = f"[{s['lo']:+.3f}, {s['hi']:+.3f}]" if math.isfinite(s["half_width"]) else "n/a"
+        half = f"{s['half_width']:.3f}" if math.isfinite(s["half_width"]) else "n/a"
+        out.append(f"| {s['step']} | {s['metric']} | {s['cpu']} | {s['seeds']} | {diffs} | {s['mean']:+.3f} | {ci} "
+                   f"| {half} | {_needed(s)} |")
+    return "\n".join(out)
+
+
+def replace_in_readme(readme: Path, name: str, block: str) -> None:
+    """Put ``block`` between the README's ``<!-- ablation:NAME -->`` and ``<!-- /ablation:NAME -->``."""
+    begin, end = f"<!-- ablation:{name} -->", f"<!-- /ablation:{name} -->"
+    text = readme.read_text()
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise UserError(f"{readme}: needs one '{begin}' line and one '{end}' line after it around the table")
+    head, rest = text.split(begin, 1)
+    atomic_write_text(readme, f"{head}{begin}\n{block}\n{end}{rest.split(end, 1)[1]}")
+
+
+def write_report(runs_csv: Path, out_dir: Path | None = None, readme: Path | None = None) -> str:
+    """ablation.md, the summary CSV, the steps CSV and ablation.png beside ``runs_csv``; returns the Markdown."""
+    runs = read_runs(runs_csv)
+    if runs.empty:
+        raise UserError(f"{runs_csv}: no finished runs yet")
+    out_dir = out_dir or runs_csv.parent
+    summary, steps = summary_frame(runs), steps_frame(runs)
+    block = to_markdown(summary, steps, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "ablation.md", table + "\n")
-    atomic_write_text(out_dir / "ablation.csv", frame.to_csv(index=False))
-    paths = [out_dir / "ablation.md", out_dir / "ablation.csv", _plot(frame, out_dir / "ablation.png")]
-    run_id = find_ablation_run(args.dataset, args.name)
-    if run_id:  # the grid has ended it already: artifacts may still be added
-        tracking.log_artifacts([str(p) for p in paths], "ablation", run_id=run_id)
-    return table
+    atomic_write_text(out_dir / "ablation.md", block + "\n")
+    atomic_write_text(out_dir / "ablation.csv", summary.to_csv(index=False))
+    atomic_write_text(out_dir / "steps.csv", steps.to_csv(index=False))
+    plot_report(summary, steps, out_dir / "ablation.png")
+    if readme is not None:
+        replace_in_readme(readme, runs_csv.parent.name, block)
+    return block
 
 
-def _plot(frame: pd.DataFrame, path: Path) -> Path:
-    import matplotlib  # lazy: plotting is only needed for the report
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.ablation_report RUNS_CSV [--out DIR] [--readme README.md]``."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def body() -> int:
+        setup_logging()
+        p = argparse.ArgumentParser(prog="python -m pipelines.ablation_report", description=__doc__.splitlines()[0])
+        p.add_argument("runs_csv", type=Path, help="ablations/<name>/runs.csv")
+        p.add_argument("--out", type=Path, default=None, help="where the report goes (default: beside runs.csv)")
+        p.add_argument("--readme", type=Path, default=None, help="also replace the table in this README")
+        args = p.parse_args(argv)
+        sys.stdout.write(write_report(args.runs_csv, args.out, args.readme) + "\n")
+        return 0
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    x = np.arange(len(frame))
-    for i, metric in enumerate(("mAP", "R1")):
-        ax.bar(x + (i - 0.5) * 0.38, frame[f"{metric} mean"], 0.38, yerr=frame[f"{metric} std"], capsize=3,
-               label=metric)
-    ax.set_xticks(x, frame["row"], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("test split")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return run_guarded(body, "nothing was changed but files already written; rerun the same command")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
