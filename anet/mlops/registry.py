@@ -17,6 +17,9 @@ same database write), set ``challenger``, decide, move ``champion``, tag the dec
 If anything fails on the way the version is tagged ``promotion.decision=failed`` with the reason;
 if even that cannot be written (the process was killed, the server is gone), the next lock holder
 marks every ``pending`` version it finds as ``failed``. So no version stays without a decision.
+The alias moves only after the version won under the lock, and its verdict is tagged on it first
+(``promotion.intent``): a pending or failing version found holding ``champion`` (killed between the
+move and the decision) gets that decision, never ``failed`` on the champion.
 Inside the lock the champion is re-read right before the alias moves and read back after; if it
 moved anyway (someone bypassing the lock), the comparison is redone a bounded number of times.
 """
@@ -198,6 +201,9 @@ def _decide_and_move(client: Any, name: str, version: str, candidate: float | No
             return Decision(version, verdict, candidate, champ_value, champ, False, note)
         if alias_version(client, name, CHAMPION) != champ:  # moved since we compared
             continue
+        _set_version_tags(client, name, version, {  # what a kill right after the move leaves to finish
+            "promotion.intent": verdict, "promotion.note": note, "promotion.candidate_value": _fmt(candidate),
+            "promotion.champion_value": _fmt(champ_value), "promotion.champion_version": champ or "none"})
         guard()
         client.set_registered_model_alias(name, CHAMPION, version)
         if alias_version(client, name, CHAMPION) == version:
@@ -259,7 +265,8 @@ def promote(dataset: str, version: str | int, reason: str = "") -> Decision:
 
 
 def fail_orphaned_versions(client: Any, name: str, lock: PromotionLock | None = None) -> list[str]:
-    """Tag ``failed`` every version still ``pending`` that is not ``lock``'s own; returns them.
+    """Settle every version still ``pending`` that is not ``lock``'s own; returns them. One holding
+    ``champion`` gets the decision it won it with (:func:`_finish_move`); the others ``failed``.
 
     Only the lock holder (or a doctor with nothing running) may call this: a pending version
     under a held lock is that holder's work in progress.
@@ -270,9 +277,10 @@ def fail_orphaned_versions(client: Any, name: str, lock: PromotionLock | None = 
     for mv in orphans:
         if lock is not None:
             lock.check()
-        champion = alias_version(client, name, CHAMPION) == str(mv.version)
-        note = ("its registration died before deciding (process killed or tracking outage)"
-                + ("; it does hold the champion alias" if champion else ""))
+        if _finish_move(client, name, str(mv.version), mv.tags, "its registration died after moving "
+                        "champion; decided by the next lock holder"):
+            continue
+        note = "its registration died before deciding (process killed or tracking outage)"
         _set_version_tags(client, name, str(mv.version), {"promotion.decision": FAILED, "promotion.note": note,
                                                           "promotion.time": _now()})
         logger.warning("%s v%s: registration never finished; tagged promotion.decision=failed", name, mv.version)
@@ -284,11 +292,27 @@ def _tag_failed(client: Any, name: str, version: str, exc: BaseException) -> Non
     reason = redact_url(str(exc).splitlines()[0] if str(exc) else "")
     note = f"registration failed: {type(exc).__name__}: {reason}"[:500]
     try:
+        if _finish_move(client, name, version, client.get_model_version(name, version).tags, f"{note}, after "
+                        "moving champion"):
+            return
         _set_version_tags(client, name, version, {"promotion.decision": FAILED, "promotion.note": note,
                                                   "promotion.time": _now()})
     except Exception as tag_exc:  # noqa: BLE001 - the original error is what the caller must see
         logger.warning("%s v%s: could not tag the failed registration (%s); the next registration "
                        "tags it", name, version, type(tag_exc).__name__)
+
+
+def _finish_move(client: Any, name: str, version: str, tags: Mapping[str, str], why: str) -> bool:
+    """True after tagging the decision of a version that holds ``champion`` but whose registration ended
+    before saying why: the alias moves only after a win under the lock, tagged as ``promotion.intent``."""
+    if alias_version(client, name, CHAMPION) != version:
+        return False
+    decision = tags.get("promotion.intent") or "promoted"
+    _set_version_tags(client, name, version, {"promotion.decision": decision, "promotion.time": _now(),
+                                              "promotion.note": f"{tags.get('promotion.note', '-')} ({why})"})
+    logger.warning("%s v%s holds champion but its decision was never tagged (%s); tagged %s", name, version,
+                   why, decision)
+    return True
 
 
 def _tag_decision(client: Any, name: str, d: Decision) -> None:

@@ -4,7 +4,7 @@ The checkpoint of an epoch and its record (the line in ``log.jsonl``, the MLflow
 writes; a kill between them used to lose that epoch's record for good (the rerun resumes after it).
 Now the checkpoint carries every completed epoch's terms and metrics and a resume hands them to the
 callbacks, which add what they lack. The killed-and-rerun run's log must equal an uninterrupted
-run's, line for line; the MLflow callback (against a real ``mlflow server``) fills the same gap.
+run's, line for line; the MLflow callback (MLflow's sqlite store) fills the same gap.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow_server import mlflow_server
 
 from anet.mlops import tracking
 
@@ -84,23 +83,24 @@ def test_kill_after_the_checkpoint_rename_loses_no_log_line(workdir, straight, d
     assert got == want
 
 
-def test_mlflow_run_gets_the_epochs_it_lacks_once(tmp_path, drill):
+def test_mlflow_run_gets_the_epochs_it_lacks_once(tmp_path, monkeypatch, drill):
     drill("MLflow run lacks the epoch a kill cut off (resume with the checkpoint's records)",
           "each epoch's train/* and val/* logged exactly once, with the checkpoint's values")
     records = [{"epoch": e, "terms": {"loss": 1.0 / e, "tri_f": 0.5 / e}, "metrics": {"val/mAP": 0.1 * e}}
                for e in (1, 2, 3)]
-    with mlflow_server(tmp_path / "mlflow") as url:
-        tracking.configure(url)
-        with mlflow.start_run() as run:
-            callback = tracking.MlflowCallback(run.info.run_id)
-            callback.on_epoch_end("stage_one", 1, records[0]["terms"])  # epoch 1 made it; 2 and 3 did not
-            callback.on_eval("stage_one", 1, records[0]["metrics"])
-            callback.on_epoch_end("stage_one", 2, records[1]["terms"])  # epoch 2's metrics did not
-            callback.on_resume("stage_one", records)
-            callback.on_resume("stage_one", records)  # a second resume adds nothing
-            client = mlflow.MlflowClient()
-            history = {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-                       for key in ("train/loss", "train/tri_f", "val/mAP")}
+    monkeypatch.chdir(tmp_path)  # the local artifact store (./mlruns) goes there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # undone afterwards
+    tracking.configure()
+    with mlflow.start_run() as run:
+        callback = tracking.MlflowCallback(run.info.run_id)
+        callback.on_epoch_end("stage_one", 1, records[0]["terms"])  # epoch 1 made it; 2 and 3 did not
+        callback.on_eval("stage_one", 1, records[0]["metrics"])
+        callback.on_epoch_end("stage_one", 2, records[1]["terms"])  # epoch 2's metrics did not
+        callback.on_resume("stage_one", records)
+        callback.on_resume("stage_one", records)  # a second resume adds nothing
+        client = mlflow.MlflowClient()
+        history = {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+                   for key in ("train/loss", "train/tri_f", "val/mAP")}
     assert history["train/loss"] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
     assert history["train/tri_f"] == [(1, 0.5), (2, 0.25), (3, 0.5 / 3)]
     assert history["val/mAP"] == [(e, pytest.approx(0.1 * e)) for e in (1, 2, 3)]
