@@ -53,10 +53,19 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(workdir) -> Path:
-    """One stage-one epoch of the smoke profile: a real checkpoint and a prepared cache."""
-    done = _anet(*_smoke(workdir), "--stage", "one", "--out", str(workdir / "run"))
+    """Stage one of the smoke profile (2 epochs): a real checkpoint and a prepared cache. Its overrides
+    stand before, between and after the options (argparse used to refuse all but the first run)."""
+    done = _anet("train", f"data.root={workdir / 'data'}", "--config", "smoke", f"data.cache_dir={workdir / 'cache'}",
+                 "--stage", "one", "--out", str(workdir / "run"), "--no-progress", "stage_one.epochs=2")
     assert done.returncode == 0, done.stderr[-3000:]
     return workdir / "run" / "stage_one" / "final.pt"
+
+
+def test_train_overrides_anywhere_among_the_options(workdir, trained, drill):
+    drill("anet train key=value overrides before, between and after the options",
+          "every override applies (data root, cache, 2 epochs), none is refused as unrecognised")
+    assert torch.load(trained, weights_only=True)["epoch"] == 2
+    assert (workdir / "data").is_dir() and _cache(workdir).is_dir()
 
 
 def _smoke(workdir: Path) -> list[str]:
