@@ -1,12 +1,19 @@
 """What one pipeline run produced, the one-line reason of a failed run, and the summary a user reads.
 
 Both runners (kfp.local and a Kubeflow cluster) read the failing step and its reason from the MLflow
-parent run, where every step records it; nothing here parses a log.
+parent run, where every step records it. When that record is missing (the tag could not be written, or
+the parent run cannot be read now), the local runner falls back on the step's own ``error: <step>: ...``
+line, which kfp.local prints through this process (:class:`StepLines`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +21,9 @@ from anet import steps
 
 TASK_NAMES = {"prepare": "prepare data", "train": "training", "evaluate": "evaluate", "register": "register model"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# what anet.steps.common.reported_step logs for a failing step
+_STEP_ERROR = re.compile(r"\berror: (?P<step>" + "|".join(TASK_NAMES) + r"): (?P<reason>.+)$")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,12 +44,55 @@ class PipelineOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def failure_reason(parent: str, kfp_message: str) -> str:
-    """The failing step and its one-line reason, as the step recorded it on the parent run."""
-    recorded = steps.pipeline_outcome(parent)
+def failure_reason(parent: str, kfp_message: str, step_line: tuple[str, str] | None = None) -> str:
+    """The failing step and its one-line reason, as the step recorded it on the parent run, else as it
+    logged it (``step_line``: ``(step, reason)`` from :class:`StepLines`)."""
+    try:
+        recorded = steps.pipeline_outcome(parent)
+    except Exception as exc:  # noqa: BLE001 - a tracking outage now must not hide the step's own reason
+        log.warning("could not read the failing step's reason from MLflow run %s (%s)", parent,
+                    (str(exc).splitlines() or [type(exc).__name__])[0][:200])
+        recorded = {}
     if recorded.get("failed_step"):
         return f"{TASK_NAMES.get(recorded['failed_step'], recorded['failed_step'])}: {recorded['error']}"
+    if step_line is not None:
+        return f"{TASK_NAMES.get(step_line[0], step_line[0])}: {step_line[1]}"
     return f"{_ANSI.sub('', kfp_message)} (the step recorded no reason; see its log above)"
+
+
+class StepLines(io.TextIOBase):
+    """A tee for ``sys.stdout`` while kfp.local runs the steps: it passes everything on and keeps the
+    last ``error: <step>: <reason>`` line a step logged (:attr:`last`)."""
+
+    def __init__(self, out: Any):
+        super().__init__()
+        self.out, self.last, self._partial = out, None, ""
+
+    def write(self, text: str) -> int:
+        """Pass ``text`` on; remember a step's error line once it is complete."""
+        self.out.write(text)
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            found = _STEP_ERROR.search(_ANSI.sub("", line).rstrip())
+            if found:
+                self.last = (found["step"], found["reason"])
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the stream behind."""
+        self.out.flush()
+
+    def isatty(self) -> bool:
+        """Whether the stream behind is a terminal (kfp colours its lines then)."""
+        return bool(getattr(self.out, "isatty", lambda: False)())
+
+
+@contextlib.contextmanager
+def step_lines() -> Iterator[StepLines]:
+    """``sys.stdout`` goes through a :class:`StepLines` inside the ``with``."""
+    tee = StepLines(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        yield tee
 
 
 def make_outcome(summary: dict[str, Any], error: str | None, primary: str, parent: str,

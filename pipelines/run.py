@@ -44,7 +44,7 @@ from anet.steps.preflight import check_run_paths
 from anet.steps.train_step import LOCAL_RUN_ENV
 from pipelines.cluster import kfp_client, run_on_cluster
 from pipelines.dag import CLUSTER_CACHE_ROOT, local_pipeline
-from pipelines.outcome import PipelineOutcome, failure_reason, format_summary, make_outcome
+from pipelines.outcome import PipelineOutcome, failure_reason, format_summary, make_outcome, step_lines
 
 log = logging.getLogger("pipelines.run")
 
@@ -173,9 +173,10 @@ def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Pat
         saved = os.environ.get(LOCAL_RUN_ENV)
         os.environ[LOCAL_RUN_ENV] = "1"  # the steps keep checkpoints in their own outputs, not on /mnt/anet
         try:
-            summary, error = json.loads(local_pipeline(**arguments).output), None
+            with step_lines() as lines:  # kfp.local prints each step's log through this process
+                summary, error = json.loads(local_pipeline(**arguments).output), None
         except RuntimeError as exc:  # kfp.local's way of saying that a task failed
-            summary, error = {}, failure_reason(parent, str(exc))
+            summary, error = {}, failure_reason(parent, str(exc), lines.last)
         finally:  # only for this run's steps: a caller's later cluster-style work sees its own environment
             if saved is None:
                 os.environ.pop(LOCAL_RUN_ENV, None)
