@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from anet.config import SyntheticCfg
+from anet.data.cache import share_with_group
 from anet.data.manifest import build_manifest
 from anet.errors import UserError
 from anet.io import remove_stale_temps, temp_prefix
@@ -209,6 +210,7 @@ def generate_synthetic(cfg: SyntheticCfg, out_dir: str | os.PathLike[str]) -> Ma
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
     try:
         _write_generation(cfg, tmp)
+        share_with_group(tmp)  # the cache's modes: a teammate (same group) reuses it, whatever the umask
         _swap_into_place(tmp, out, cfg)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename

@@ -35,6 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anet.data.cache import share_with_group
 from anet.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -229,13 +230,16 @@ def write_vehicleid(sset: SyntheticSet, root: str | os.PathLike[str]) -> Path:
 
 
 def write_layout(layout: str, sset: SyntheticSet, root: str | os.PathLike[str]) -> Path:
-    """Dispatch to the writer of ``layout`` ("veri776" | "veriwild" | "vehicleid")."""
+    """Dispatch to the writer of ``layout`` ("veri776" | "veriwild" | "vehicleid"); the folder gets the
+    cache's group-shareable modes (files 0o664, folders 0o2775) whatever the umask."""
     match layout:
         case "veri776":
-            return write_veri776(sset, root)
+            out = write_veri776(sset, root)
         case "veriwild":
-            return write_veriwild(sset, root)
+            out = write_veriwild(sset, root)
         case "vehicleid":
-            return write_vehicleid(sset, root)
+            out = write_vehicleid(sset, root)
         case _:
             raise ValueError(f"unknown layout {layout!r}")
+    share_with_group(Path(out))
+    return Path(out)

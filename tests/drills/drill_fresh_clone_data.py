@@ -53,3 +53,31 @@ def test_fresh_clone_make_data_then_dvc_is_clean(tmp_path, drill):
     assert "Everything is up to date" in pulled.stdout + pulled.stderr, pulled.stdout + pulled.stderr
     assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True,
                           check=True).stdout == "", "the data step changed tracked files of the clone"
+
+
+MODES = """
+import os, stat, sys
+from pathlib import Path
+os.umask(0o077)  # the strictest a user may have: nothing for the group
+from anet.config import load_config
+from anet.synthetic.generator import generate_synthetic, render_dataset
+from anet.synthetic.layouts import write_layout
+cfg = load_config("smoke").data.synthetic
+generate_synthetic(cfg, Path(sys.argv[1]) / "data" / "smoke")
+write_layout("veri776", render_dataset(cfg), Path(sys.argv[1]) / "fake" / "veri776")
+for root in (Path(sys.argv[1]) / "data" / "smoke", Path(sys.argv[1]) / "fake" / "veri776"):
+    for path in [root, *root.rglob("*")]:
+        print(oct(stat.S_IMODE(path.stat().st_mode)), "d" if path.is_dir() else "f", path)
+"""
+
+
+def test_generated_data_is_group_shareable_whatever_the_umask(tmp_path, drill):
+    drill("generate synthetic data (own and fake VeRi layout) under umask 077",
+          "folders 2775, files 664: the cache's group-shareable modes")
+    done = subprocess.run([sys.executable, "-c", MODES, str(tmp_path)], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" ", 2) for line in done.stdout.splitlines()]
+    assert len(rows) > 20
+    wrong = [r for r in rows if r[0] != {"d": "0o2775", "f": "0o664"}[r[1]]]
+    assert not wrong, wrong[:5]
