@@ -20,11 +20,8 @@ decoded once more and the existing directory is kept. The directory is built und
 name and renamed into place after the ``COMPLETE`` marker is written, so a killed prepare never
 leaves a cache that looks valid.
 
-Many pods may prepare into one shared volume at once. Temp folders follow :mod:`anet.io`'s rule
-(``.<dataset>-<h>x<w>.tmp-<host>-<pid>-<random>.tmp``: a dead writer's is removed at the next start,
-another host's or PID namespace's only after 6 h untouched), publication checks that every file is
-there (a build whose folder vanished under it publishes nothing), and a cache found incomplete is
-never loaded: ``prepare_dataset`` rebuilds it, :meth:`PreparedDataset.open` refuses it in one line.
+Pods sharing one volume: temp folders follow :mod:`anet.io`'s rule (host, PID namespace, pid), publication
+checks every file, and a cache found incomplete is never loaded: prepare rebuilds it, ``open`` refuses it.
 
 Rows of quarantined images stay zero in ``images.npy``; no manifest row points at them.
 
