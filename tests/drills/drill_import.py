@@ -108,7 +108,9 @@ def test_kill_9_then_the_same_import_finishes(tmp_path, archive, drill, kill, sc
     assert md5.endswith(".dir")
 
 
-def test_staging_leftovers_of_dead_importers_are_removed_live_ones_kept(tmp_path):
+def test_staging_leftovers_of_dead_importers_are_removed_live_ones_kept(tmp_path, drill):
+    drill("staging folders of dead, live and other hosts' importers at the next import",
+          "a dead importer's (and another host's idle 6 h) removed; live ones kept")
     from anet.io import STALE_AFTER_S, host_tag
     from anet.mlops.importer import remove_dead_staging
 

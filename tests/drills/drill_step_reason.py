@@ -93,7 +93,9 @@ def test_the_steps_own_line_is_the_reason_when_it_could_not_be_recorded(tracked,
     assert Path(os.getcwd()) == tmp_path
 
 
-def test_step_lines_keep_the_last_step_error_line_written_in_pieces():
+def test_step_lines_keep_the_last_step_error_line_written_in_pieces(drill):
+    drill("a step's error line reaches the driver in pieces, coloured, before a traceback",
+          "the driver's tee keeps that step and its reason")
     import io
 
     from pipelines.outcome import StepLines
