@@ -258,3 +258,11 @@ def test_evaluate_checkpoint_rerank_beside_plain_metrics(tmp_path, capsys):
     assert "rerank/mAP" in (tmp_path / "rr" / "results.csv").read_text().splitlines()[0]
     flat = StepTracker().log_eval(got, [])
     assert flat["eval/test/rerank/mAP"] == got["test"]["rerank/mAP"] and "eval/test/mAP" in flat
+
+
+def test_empty_sides_are_skipped_and_mismatched_features_refused():
+    qf, qi, qc, gf, gi, gc = _case(30, nq=5, ng=40, n_ids=10, n_cams=3)
+    empty = rerank_metrics(qf, qi, qc, gf[:0], gi[:0], gc[:0])
+    assert empty.num_valid == 0 and empty.num_skipped == 5 and empty.warning
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        rerank_metrics(qf, qi, qc, gf[:, :8], gi, gc)

@@ -54,8 +54,11 @@ def rerank_metrics(
         >>> r.mAP, r.r1
     """
     q, g = _feats(q_feats), _feats(g_feats)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"feature sizes differ: query {q.shape[1]} vs gallery {g.shape[1]}")
     block = max(1, min(block_size, max_block_rows(len(g))))
-    blocks = rerank_blocks(q, g, k1, k2, lambda_value, block)
+    # nothing to rank: every query is counted as skipped, as the plain evaluator does
+    blocks = rerank_blocks(q, g, k1, k2, lambda_value, block) if len(q) and len(g) else iter(())
     return rank_distance_blocks(blocks, q_ids, q_cams, g_ids, g_cams, max_rank, junk_same_camera)
 
 
