@@ -209,3 +209,29 @@ def test_the_rbac_manifest_allows_every_call_the_launcher_makes():
     needed |= {("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get")}  # own pod, node 0, its log
     assert needed <= allowed and not any(verb == "*" for _, _, verb in allowed)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+
+
+def test_a_train_step_with_nodes_launches_the_job_and_publishes_rank_0s_checkpoint(tmp_path, monkeypatch):
+    from anet import steps
+    from anet.config import load_config
+
+    monkeypatch.setenv("ANET_CHECKPOINT_ROOT", str(tmp_path / "pvc"))
+    monkeypatch.setenv("ANET_NNODES", "2")
+    monkeypatch.setenv("ANET_NPROC", "1")
+    monkeypatch.delenv(LOCAL_RUN_ENV, raising=False)
+    work = tmp_path / "pvc" / "run0123456789" / "stage_one"
+
+    def rank0_trains(manifest: dict) -> None:
+        (work / "final.pt").write_bytes(b"weights")
+        (work / "result.json").write_text(json.dumps({"checkpoint": str(work / "final.pt"), "pruned": False,
+                                                      "epochs_run": 1, "stopped": None}))
+
+    fake = FakeApi({}, on_create=rank0_trains)
+    monkeypatch.setattr(trainjob_run, "ClusterApi", lambda: fake)
+    args = _launch_args(tmp_path)
+    result = steps.train(load_config("smoke").to_json(), args["dataset_descriptor"], "stage_one",
+                         str(tmp_path / "artifact"), parent_run_id="run0123456789")
+    assert fake.calls == [("create", job_name("run0123456789", "stage_one"))]
+    assert result["checkpoint"] == str(tmp_path / "artifact" / "final.pt")
+    assert (tmp_path / "artifact" / "final.pt").read_bytes() == b"weights"  # the Model artifact
+    assert json.loads((tmp_path / "artifact" / "result.json").read_text())["epochs_run"] == 1
