@@ -9,15 +9,31 @@
   ``margin > 0``: margin ranking, ``margin == 0``: soft margin ``log(1 + exp(d_ap - d_an))``, mean over
   the batch.
 
+:class:`FastReIDCriterion` is :class:`anet.losses.Criterion` (same term names, same lambdas, same AC
+stage) with FastReID's forms for the identity terms: ``id_f`` / ``id_j`` are FastReID's CE on the
+head's classifier output (CircleSoftmax or scaled linear), ``tri_f`` / ``tri_j`` its triplet loss.
+The attribute terms stay ANet's (plain CE; L_tri^g batch-hard on attribute patterns, with the recipe's
+margin, soft when it is 0), and AC_ID compares the per-image CE of the classifier outputs. Like
+FastReID's own triplet, the mining sees this rank's batch only.
+
 Example:
     >>> loss = triplet_loss(f_vec, ids, margin=0.0, norm_feat=False, hard_mining=True)
     >>> loss = cross_entropy(circle_logits, ids, eps=0.1)
+    >>> terms = build_criterion(cfg.loss, cfg.model, amelioration=False)(model(images), ids, attrs)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 import torch.nn.functional as F
+
+from anet.config import LossCfg, ModelCfg
+from anet.errors import UserError
+from anet.losses import Criterion, WeightedTerms, ac_id, ac_tri, attribute_ce, attribute_triplet
+from anet.model.anet import ANetOutput
+from anet.model.fastreid_blocks import cls_outputs
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
@@ -68,3 +84,56 @@ def triplet_loss(embedding: torch.Tensor, targets: torch.Tensor, margin: float, 
     if torch.isinf(loss):  # FastReID's fallback when exp overflows
         loss = F.margin_ranking_loss(dist_an, dist_ap, y, margin=0.3)
     return loss
+
+
+class FastReIDCriterion:
+    """ANet's L / L' (eqs. 10, 13) with FastReID's identity losses (module doc); returns weighted terms."""
+
+    def __init__(self, loss_cfg: LossCfg, model_cfg: ModelCfg, amelioration: bool = False) -> None:
+        self.cfg, self.head, self.amelioration = loss_cfg, model_cfg.head, amelioration
+
+    def _id(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The CE input FastReID's head computes from the logits (CircleSoftmax or ``scale * logits``)."""
+        return cls_outputs(logits, ids, self.head.cls_layer, self.head.scale, self.head.margin)
+
+    def _tri(self, vec: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return triplet_loss(vec, ids, self.cfg.triplet_margin, self.cfg.triplet_norm_feat,
+                            self.cfg.triplet_hard_mining)
+
+    def __call__(self, out: ANetOutput, ids: torch.Tensor, attrs: Mapping[str, torch.Tensor]) -> WeightedTerms:
+        cfg, has_joint = self.cfg, out.j_vec is not None
+        w_van = cfg.lambda_van if has_joint else 1.0
+        if self.amelioration and not has_joint:
+            raise UserError("stage_two.amelioration=true needs model.variant anet or anet_att "
+                            "(AC compares j with f); set stage_two.amelioration=false")
+        missing = [name for name in out.a_logits if name not in attrs]
+        if missing:
+            raise UserError(f"attribute {missing[0]!r} is predicted by the model but missing from the batch "
+                            f"(batch has: {', '.join(attrs) or 'none'}); check data.attributes")
+        terms = WeightedTerms()
+        f_cls = self._id(out.f_logits, ids)
+        if not self.amelioration:
+            terms.add("tri_f", w_van, self._tri(out.f_vec, ids))
+            terms.add("id_f", w_van, cross_entropy(f_cls, ids, cfg.label_smoothing))
+        for name, logits in out.a_logits.items():
+            terms.add(f"att/{name}", w_van * cfg.lambda_a, attribute_ce(logits, attrs[name]))
+        if has_joint:
+            assert out.j_logits is not None and out.g_vec is not None and out.j_vec is not None
+            j_cls = self._id(out.j_logits, ids)
+            terms.add("tri_j", 1.0, self._tri(out.j_vec, ids))
+            terms.add("id_j", 1.0, cross_entropy(j_cls, ids, cfg.label_smoothing))
+            pattern_attrs = {n: attrs[n] for n in out.a_logits}
+            terms.add("tri_g", cfg.lambda_g, attribute_triplet(out.g_vec, pattern_attrs, cfg.triplet_margin,
+                                                                soft=cfg.triplet_margin == 0.0))
+            if self.amelioration:
+                terms.add("ac_tri", 1.0, ac_tri(out.f_vec, out.j_vec, ids))
+                terms.add("ac_id", 1.0, ac_id(f_cls, j_cls, ids, cfg.label_smoothing))
+        return terms
+
+
+def build_criterion(loss_cfg: LossCfg, model_cfg: ModelCfg, amelioration: bool = False
+                    ) -> Callable[[ANetOutput, torch.Tensor, Mapping[str, torch.Tensor]], WeightedTerms]:
+    """``loss.form``'s criterion: ANet's :class:`~anet.losses.Criterion` or :class:`FastReIDCriterion`."""
+    if loss_cfg.form == "fastreid":
+        return FastReIDCriterion(loss_cfg, model_cfg, amelioration)
+    return Criterion(loss_cfg, amelioration=amelioration)

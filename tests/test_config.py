@@ -110,4 +110,5 @@ def test_cli_prints_one_line_for_a_config_mistake(capsys):
     assert main(["train", "--config", "smoke", "loss.lamda_a=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: unknown config key 'loss.lamda_a'; did you mean 'loss.lambda_a'? "
-                   "(valid here: label_smoothing, triplet_margin, soft_margin, lambda_a, lambda_g, lambda_van)"]
+                   "(valid here: label_smoothing, triplet_margin, soft_margin, lambda_a, lambda_g, lambda_van, "
+                   "form, triplet_hard_mining, triplet_norm_feat)"]

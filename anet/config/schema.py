@@ -71,6 +71,43 @@ class AugmentCfg(_Frozen):
     erase_area: tuple[float, float] = (0.02, 0.4)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # kind=fastreid: FastReID's transforms (anet.data.fastreid_augment): AutoAugment with probability
+    # autoaug_p, black padding by pad px + random crop, flip_p, colour jitter with probability cj_p
+    # (brightness, contrast, saturation, hue), erase_p / erase_area; zoom is not part of it (zoom_p must be 0)
+    kind: Literal["anet", "fastreid"] = "anet"
+    autoaug_p: float = Field(0.0, ge=0.0, le=1.0)
+    pad: int = Field(0, ge=0)
+    cj_p: float = Field(0.0, ge=0.0, le=1.0)
+    cj: tuple[float, float, float, float] = (0.15, 0.15, 0.1, 0.1)
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> AugmentCfg:
+        if self.kind == "anet" and (self.autoaug_p or self.pad or self.cj_p):
+            raise ValueError("autoaug_p, pad and cj_p are FastReID's transforms: set augment.kind=fastreid")
+        if self.kind == "fastreid" and self.zoom_p:
+            raise ValueError("augment.kind=fastreid has no random zoom: set augment.zoom_p=0")
+        return self
+
+
+class HeadCfg(_Frozen):
+    """The f and j heads: ANet's (GAP -> FC -> BNNeck -> linear) or FastReID's EmbeddingHead
+    (anet.model.fastreid_blocks.FastReIDHead: pool -> [1x1 conv to embedding_dim] -> BNNeck -> classifier)."""
+
+    kind: Literal["anet", "fastreid"] = "anet"
+    pool: Literal["avg", "gem", "gemp"] = "avg"  # POOL_LAYER: GlobalAvgPool / GeneralizedMeanPooling(P)
+    cls_layer: Literal["linear", "circle"] = "linear"  # CLS_LAYER: Linear / CircleSoftmax
+    scale: float = Field(1.0, gt=0.0)  # SCALE
+    margin: float = Field(0.0, ge=0.0)  # MARGIN
+    neck_feat: Literal["before", "after"] = "before"  # NECK_FEAT: the triplet's input
+    embedding_dim: int = Field(0, ge=0)  # EMBEDDING_DIM (0: none; s_f / s_j are ANet's head sizes)
+
+    @model_validator(mode="after")
+    def _fastreid_only(self) -> HeadCfg:
+        changed = [n for n, f in type(self).model_fields.items() if n != "kind" and getattr(self, n) != f.default]
+        if self.kind == "anet" and changed:
+            raise ValueError("pool, cls_layer, scale, margin, neck_feat, embedding_dim belong to FastReID's head: "
+                             "set model.head.kind=fastreid")
+        return self
 
 
 class ModelCfg(_Frozen):
@@ -89,6 +126,9 @@ class ModelCfg(_Frozen):
     # full sha256 the weights file must have; only to accept a file other than the pinned release
     # (anet.mlops.pretrained.PINNED_SHA256), e.g. a re-exported copy; none = the pinned/name check
     pretrained_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    non_local: bool = False  # FastReID's non-local blocks (R50: after the last 2 of layer2, last 3 of layer3)
+    maxpool: Literal["pad", "ceil"] = "pad"  # stem pooling: IBN-Net's (padding 1) or FastReID's (ceil mode)
+    head: HeadCfg = HeadCfg()
 
     @model_validator(mode="before")
     @classmethod
@@ -109,6 +149,29 @@ class LossCfg(_Frozen):
     lambda_a: float = Field(1.0, ge=0.0)
     lambda_g: float = Field(1.0, ge=0.0)
     lambda_van: float = Field(1.0, ge=0.0)
+    # form=fastreid: FastReID's CE smoothing and triplet (anet.fastreid_losses): triplet_margin 0 = soft
+    # margin, hard mining or softmax-weighted mining, Euclidean or (norm_feat) cosine distances
+    form: Literal["anet", "fastreid"] = "anet"
+    triplet_hard_mining: bool = True
+    triplet_norm_feat: bool = False
+
+
+class SolverCfg(_Frozen):
+    """kind=fastreid: FastReID's solver (anet.train.solver) with the stage's lr (BASE_LR), epochs
+    (MAX_EPOCH), weight_decay, milestones (STEPS) and gamma; kind=anet: Adam/AMSGrad + warmup_epochs."""
+
+    kind: Literal["anet", "fastreid"] = "anet"
+    optimizer: Literal["sgd", "adam"] = "adam"  # OPT
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # MOMENTUM (sgd)
+    sched: Literal["multistep", "cosine"] = "multistep"  # SCHED
+    warmup_iters: int = Field(0, ge=0)  # WARMUP_ITERS
+    warmup_factor: float = Field(0.1, gt=0.0, le=1.0)  # WARMUP_FACTOR
+    delay_epochs: int = Field(0, ge=0)  # DELAY_EPOCHS (cosine)
+    eta_min: float = Field(1e-7, ge=0.0)  # ETA_MIN_LR (cosine)
+    freeze_iters: int = Field(0, ge=0)  # FREEZE_ITERS with FREEZE_LAYERS [backbone]
+    bias_lr_factor: float = Field(1.0, gt=0.0)  # BIAS_LR_FACTOR
+    weight_decay_norm: float | None = Field(None, ge=0.0)  # WEIGHT_DECAY_NORM (none: the stage's weight_decay)
+    weight_decay_bias: float | None = Field(None, ge=0.0)  # WEIGHT_DECAY_BIAS (none: the stage's weight_decay)
 
 
 class StageCfg(_Frozen):
@@ -126,11 +189,19 @@ class StageCfg(_Frozen):
     amelioration: bool = False
     checkpoint_every: int = Field(1, ge=1)
     eval_every: int = Field(0, ge=0)
+    solver: SolverCfg = SolverCfg()
 
     @model_validator(mode="after")
     def _milestones_sorted(self) -> StageCfg:
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
+        return self
+
+    @model_validator(mode="after")
+    def _fastreid_solver(self) -> StageCfg:
+        if self.solver.kind == "fastreid" and (self.warmup_epochs or self.amsgrad):
+            raise ValueError("solver.kind=fastreid warms up by solver.warmup_iters and its Adam has no AMSGrad: "
+                             "set warmup_epochs=0 and amsgrad=false")
         return self
 
 
@@ -215,6 +286,9 @@ class ExperimentConfig(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         _check_feature(self.model.variant, self.eval.feature)
+        if self.model.head.cls_layer == "circle" and self.loss.form != "fastreid":
+            raise ValueError("model.head.cls_layer=circle gives cosine logits that only loss.form=fastreid "
+                             "turns into CircleSoftmax logits: set loss.form=fastreid")
         _check_selection(self)
         return self
 

@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from torch import nn
 from anet.config import ModelCfg
 from anet.errors import UserError
 from anet.model.backbone import ResNetIBN, build_backbone
+from anet.model.fastreid_blocks import FastReIDHead
 from anet.model.heads import AttributeBranch, EmbeddingHead, gap
 from anet.model.joint import JointAttModule, JointModule
 from anet.model.weights import load_backbone_weights
@@ -84,24 +86,27 @@ class ANet(nn.Module):
     """Backbone + f head, optional attribute branches (VAN) and optional joint module (ANet).
 
     Build it with :func:`build_model`; ``joint`` set requires at least one attribute branch.
+    ``make_head(in_channels, dim, num_ids)`` builds the f and j heads (default: :class:`EmbeddingHead`;
+    ``model.head.kind=fastreid``: FastReID's EmbeddingHead, which ignores ``dim``).
     """
 
     def __init__(self, backbone: ResNetIBN, num_ids: int, attr_classes: dict[str, int], s_f: int,
                  s_a: int, s_j: int, attention: bool, se_reduction: int,
-                 joint: JointModule | JointAttModule | None) -> None:
+                 joint: JointModule | JointAttModule | None,
+                 make_head: Callable[[int, int, int], nn.Module] = EmbeddingHead) -> None:
         super().__init__()
         if joint is not None and not attr_classes:
             raise UserError("model.variant anet/anet_att needs at least one attribute (data.attributes is empty)")
         c = backbone.out_channels
         self.backbone = backbone
-        self.f_head = EmbeddingHead(c, s_f, num_ids)
+        self.f_head = make_head(c, s_f, num_ids)
         self.attr_names = tuple(attr_classes)
         # ModuleDict keys are "a_<name>": a bare name such as "type" would clash with nn.Module.type.
         self.attr_branches = nn.ModuleDict({
             f"a_{name}": AttributeBranch(c, s_a, m, attention, se_reduction) for name, m in attr_classes.items()
         })
         self.joint = joint
-        self.j_head = EmbeddingHead(c, s_j, num_ids) if joint is not None else None
+        self.j_head = make_head(c, s_j, num_ids) if joint is not None else None
 
     @property
     def available_features(self) -> tuple[str, ...]:
@@ -161,7 +166,8 @@ def build_model(cfg: ModelCfg, num_ids: int, attr_classes: dict[str, int],
     Example:
         >>> model = build_model(cfg.model, num_ids=576, attr_classes={"color": 10, "type": 9})
     """
-    backbone = build_backbone(cfg.depth, ibn=cfg.ibn, last_stride=cfg.last_stride)
+    backbone = build_backbone(cfg.depth, ibn=cfg.ibn, last_stride=cfg.last_stride, non_local=cfg.non_local,
+                              maxpool=cfg.maxpool)
     c = backbone.out_channels
     match cfg.variant:
         case "baseline":
@@ -175,4 +181,14 @@ def build_model(cfg: ModelCfg, num_ids: int, attr_classes: dict[str, int],
     if pretrained is not None:
         load_backbone_weights(backbone, pretrained)
     return ANet(backbone, num_ids, attrs, s_f=cfg.s_f, s_a=cfg.s_a, s_j=cfg.s_j,
-                attention=cfg.attr_branch == "att", se_reduction=cfg.se_reduction, joint=joint)
+                attention=cfg.attr_branch == "att", se_reduction=cfg.se_reduction, joint=joint,
+                make_head=_head_builder(cfg))
+
+
+def _head_builder(cfg: ModelCfg) -> Callable[[int, int, int], nn.Module]:
+    """The f/j head constructor ``model.head`` names (ANet's, or FastReID's with its options)."""
+    h = cfg.head
+    if h.kind == "anet":
+        return EmbeddingHead
+    return lambda c, _dim, num_ids: FastReIDHead(c, num_ids, pool=h.pool, cls=h.cls_layer, neck_feat=h.neck_feat,
+                                                 embedding_dim=h.embedding_dim)

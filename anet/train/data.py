@@ -18,9 +18,11 @@ from torch import nn
 
 from anet.config import ExperimentConfig, StageCfg
 from anet.data.augment import BatchAugment
+from anet.data.fastreid_augment import FastReIDAugment, FastReIDAugmentSettings
 from anet.data.loader import TrainBatches
 from anet.data.sampler import PKSampler
 from anet.errors import UserError
+from anet.train import solver
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,22 @@ def build_train_data(prepared: Any, cfg: ExperimentConfig, rank: int = 0, world_
     return TrainData(
         sampler=sampler,
         batches=TrainBatches(prepared, sampler, attributes, pin_memory=torch.cuda.is_available()),
-        augment=BatchAugment(cfg.augment, channels_last=cfg.runtime.channels_last),
+        augment=build_augment(cfg, rank),
         attributes=attributes,
         num_ids=prepared.manifest.num_train_ids(),
         attr_classes=attribute_classes(prepared, attributes),
     )
+
+
+def build_augment(cfg: ExperimentConfig, rank: int = 0) -> nn.Module:
+    """``augment.kind``'s training augmentation: ANet's BatchAugment or FastReID's transforms (seeded per rank)."""
+    a = cfg.augment
+    if a.kind == "anet":
+        return BatchAugment(a, channels_last=cfg.runtime.channels_last)
+    settings = FastReIDAugmentSettings(
+        autoaug_p=a.autoaug_p, pad=a.pad, flip_p=a.flip_p, cj_p=a.cj_p, cj_brightness=a.cj[0], cj_contrast=a.cj[1],
+        cj_saturation=a.cj[2], cj_hue=a.cj[3], erase_p=a.erase_p, erase_area=a.erase_area)
+    return FastReIDAugment(settings, a.mean, a.std, generator=torch.Generator().manual_seed(cfg.runtime.seed + rank))
 
 
 def attribute_classes(prepared: Any, attributes: Sequence[str]) -> dict[str, int]:
@@ -79,6 +92,8 @@ def make_optimizer(model: nn.Module, stage: StageCfg) -> torch.optim.Optimizer:
     The fused implementation: on CPU the default per-tensor loop costs as much as the backward pass of the
     smoke model.
     """
+    if stage.solver.kind == "fastreid":
+        return _fastreid_optimizer(model, stage)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"{stage.name}: no trainable parameters (everything is frozen)")
@@ -89,7 +104,14 @@ def make_optimizer(model: nn.Module, stage: StageCfg) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, stage: StageCfg, steps_per_epoch: int
                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: linear warmup over ``warmup_epochs``, x ``gamma`` at each milestone epoch."""
+    """Per-step schedule: linear warmup over ``warmup_epochs``, x ``gamma`` at each milestone epoch
+    (``solver.kind=fastreid``: FastReID's warmup + delayed cosine / multi-step, :mod:`anet.train.solver`)."""
+    sv = stage.solver
+    if sv.kind == "fastreid":
+        return solver.build_scheduler(optimizer, solver.SolverSchedule(
+            sched=sv.sched, max_epoch=stage.epochs, warmup_iters=sv.warmup_iters, warmup_factor=sv.warmup_factor,
+            delay_epochs=sv.delay_epochs, eta_min=sv.eta_min, steps=stage.milestones, gamma=stage.gamma),
+            steps_per_epoch)
     warmup_steps = stage.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
@@ -101,3 +123,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, stage: StageCfg, steps_per_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+
+
+def _fastreid_optimizer(model: nn.Module, stage: StageCfg) -> torch.optim.Optimizer:
+    """FastReID's parameter groups and SGD/Adam; the backbone frozen for ``solver.freeze_iters`` steps."""
+    sv = stage.solver
+    wd_norm = stage.weight_decay if sv.weight_decay_norm is None else sv.weight_decay_norm
+    frozen = ("backbone",) if sv.freeze_iters > 0 else ()
+    try:
+        groups = solver.param_groups(model, base_lr=stage.lr, weight_decay=stage.weight_decay, weight_decay_norm=wd_norm,
+                                     bias_lr_factor=sv.bias_lr_factor, weight_decay_bias=sv.weight_decay_bias,
+                                     freeze_prefixes=frozen)
+    except UserError as exc:
+        raise UserError(f"{stage.name}: {exc}") from None
+    optimizer = solver.build_optimizer("SGD" if sv.optimizer == "sgd" else "Adam", groups, momentum=sv.momentum)
+    solver.FreezeFirstIters(model, optimizer, frozen, sv.freeze_iters).follow_forward()
+    return optimizer

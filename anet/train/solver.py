@@ -80,17 +80,37 @@ def build_optimizer(opt: Literal["SGD", "Adam"], groups: list[dict[str, Any]], m
 
 
 class FreezeFirstIters:
-    """Freeze the ``freeze`` groups (and eval-mode the modules under ``prefixes``) for ``freeze_iters`` steps."""
+    """Freeze the ``freeze`` groups (and eval-mode the modules under ``prefixes``) for ``freeze_iters`` steps.
+
+    The step count lives in the optimiser's first param group (``freeze_steps``), so it is saved and
+    restored with the optimiser's state dict: a resumed run does not freeze again. A loop that knows its
+    iteration calls :meth:`before_step`; :meth:`follow_forward` does it from a forward pre-hook instead.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, prefixes: Sequence[str],
                  freeze_iters: int) -> None:
-        self.model, self.prefixes, self.freeze_iters = model, tuple(prefixes), freeze_iters
-        self.steps = 0
+        self.model, self.optimizer = model, optimizer
+        self.prefixes, self.freeze_iters = tuple(prefixes), freeze_iters
+        optimizer.param_groups[0].setdefault("freeze_steps", 0)
         self.is_frozen = False
         self._stash: list[tuple[torch.Tensor, torch.Tensor]] = []
         if freeze_iters > 0 and self.prefixes:
             optimizer.register_step_pre_hook(self._hide)
             optimizer.register_step_post_hook(self._restore)
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken so far (counted by the step hooks)."""
+        return int(self.optimizer.param_groups[0]["freeze_steps"])
+
+    def follow_forward(self) -> None:
+        """Apply :meth:`before_step` before every training-mode forward of the model."""
+        if self.freeze_iters > 0 and self.prefixes:
+            previous = self.model.__dict__.get("_freeze_first_iters_hook")
+            if previous is not None:  # a later stage's optimiser replaces an earlier one's rule
+                previous.remove()
+            self.model.__dict__["_freeze_first_iters_hook"] = self.model.register_forward_pre_hook(
+                lambda m, _args: self.before_step(self.steps) if m.training else None)
 
     def before_step(self, iteration: int) -> None:
         """FastReID's LayerFreeze.before_step: eval mode while ``iteration < freeze_iters``, train once after.
@@ -121,7 +141,7 @@ class FreezeFirstIters:
             for p, grad in self._stash:
                 p.grad = grad
             self._stash.clear()
-        self.steps += 1
+        self.optimizer.param_groups[0]["freeze_steps"] = self.steps + 1
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch import nn
 from anet.config import ExperimentConfig, StageCfg
 from anet.data.cache import PreparedDataset
 from anet.errors import UserError
-from anet.losses import Criterion
+from anet.fastreid_losses import build_criterion
 from anet.model import build_model
 from anet.train.callbacks import Callback
 from anet.train.data import attribute_classes, build_train_data
@@ -85,7 +85,7 @@ def run_stage(cfg: ExperimentConfig, prepared_dir: str | Path, stage_name: str, 
     prepared = PreparedDataset.open(prepared_dir)
     data = build_train_data(prepared, cfg, ctx.rank, ctx.world_size)
     model = build_model_for(cfg, prepared, pretrained=pretrained if init_from is None else None)
-    criterion = Criterion(cfg.loss, amelioration=stage.amelioration)
+    criterion = build_criterion(cfg.loss, cfg.model, amelioration=stage.amelioration)
     return train_stage(model, criterion, stage, data, cfg.runtime, Path(out_dir), init_from=init_from,
                        resume=resume, callbacks=callbacks, eval_fn=eval_fn, config=cfg, progress=progress,
                        provenance=provenance)
