@@ -266,3 +266,75 @@ def test_empty_sides_are_skipped_and_mismatched_features_refused():
     assert empty.num_valid == 0 and empty.num_skipped == 5 and empty.warning
     with pytest.raises(ValueError, match="feature sizes differ"):
         rerank_metrics(qf, qi, qc, gf[:, :8], gi, gc)
+
+
+@pytest.fixture(scope="module")
+def search_setup(tmp_path_factory: pytest.TempPathFactory):
+    """test_search's smoke setup plus an index of its test set built with --knn 21."""
+    from test_search import REF, build_setup  # tests/ is on the path (pyproject pythonpath)
+
+    from anet.search.index import index_split
+
+    root = tmp_path_factory.mktemp("search_rerank")
+    base = build_setup(root)
+    return base, index_split(base.predictor, REF, base.prepared, "test", root / "knn_index", knn=21)
+
+
+def test_search_rerank_with_a_whole_gallery_pool_is_the_offline_reranking(search_setup, monkeypatch):
+    from anet.search import query as query_module
+    from anet.search.query import Query, search
+    from anet.search.rerank import GRAPH
+
+    base, index = search_setup
+    assert (index.folder / GRAPH).is_file() and index.meta["knn"] == 21
+    monkeypatch.setattr(query_module, "POOL", len(index))  # the pool is the whole gallery: exact
+    rows = base.prepared.rows("query", "test")
+    q = base.predictor.embed_arrays(base.prepared.images[rows["cache_index"].to_numpy(np.int64)[:3]]).embeddings
+    gallery = index.embeddings()
+    for emb in q:
+        hits = search(index, Query(emb, index.model, {}), k=10, rerank=True)
+        want = rerank_distances(emb[None], gallery)[0]
+        order = np.lexsort((np.arange(len(want)), want))[:10]
+        assert hits["item"].tolist() == order.tolist()
+        np.testing.assert_allclose(hits["rerank_distance"], want[order], atol=1e-6)
+        np.testing.assert_allclose(hits["score"], gallery[order] @ emb, atol=1e-5)  # the cosine stays
+    monkeypatch.setattr(query_module, "POOL", 5)  # a shortlist: re-ordered, nothing from outside moves in
+    plain = search(index, Query(q[0], index.model, {}), k=5)
+    short = search(index, Query(q[0], index.model, {}), k=5, rerank=True)
+    assert sorted(short["item"]) == sorted(plain["item"]) and short["rerank_distance"].is_monotonic_increasing
+    with pytest.raises(UserError, match="--knn"):
+        search(base.index, Query(q[0], base.index.model, {}), k=5, rerank=True)  # built without a graph
+
+
+def test_search_rerank_mistakes_are_one_line_before_any_model_loads(search_setup, tmp_path, capsys):
+    from anet.cli import main
+    from anet.search.served import png_bytes
+
+    base, _ = search_setup
+    image = tmp_path / "q.png"
+    image.write_bytes(png_bytes(base.prepared.images[0]))
+    assert main(["search", str(image), "--index", str(base.index.folder), "--rerank"]) == 2
+    assert "no neighbour graph" in capsys.readouterr().err
+    assert main(["index", "--model", "models:/x@champion", "--split", "test", "--out", str(tmp_path / "o"),
+                 "--knn", "1"]) == 2
+    assert "--knn 1: must be at least 2" in capsys.readouterr().err
+
+
+def test_search_study_rerank_row_is_the_offline_reranked_map(search_setup, monkeypatch):
+    from anet.search import study as study_module
+    from anet.search.study import filter_study
+
+    base, index = search_setup
+    monkeypatch.setattr(study_module, "POOL", len(index))
+    table = filter_study(index, base.predictor, base.prepared, confidences=(0.0,), rerank=True)
+    row = table[table["filter"] == "rerank"].iloc[0]
+    queries, gallery = base.prepared.rows("query", "test"), base.prepared.rows("gallery", "test")
+    q = base.predictor.embed_arrays(base.prepared.images[queries["cache_index"].to_numpy(np.int64)]).embeddings
+    ids, cams = queries["vid"].astype(str).to_numpy(), queries["camid"].to_numpy()
+    # search re-ranks one query against the gallery: the offline re-ranking of each query on its own
+    each = [rerank_metrics(q[i : i + 1], ids[i : i + 1], cams[i : i + 1], index.embeddings(),
+                           gallery["vid"].astype(str), gallery["camid"]) for i in range(len(q))]
+    valid = [r for r in each if r.num_valid]
+    assert row["queries"] == len(valid) > 0
+    assert row["mAP"] == pytest.approx(np.mean([r.mAP for r in valid]), abs=1e-6)
+    assert row["R1"] == pytest.approx(np.mean([r.r1 for r in valid]), abs=1e-6)

@@ -7,6 +7,8 @@ Examples::
     anet search car.jpg --index runs/index --k 20 --color red --type suv --min-confidence 0.5
     anet search car.jpg --index runs/index --camera 3 --camera 4 --json
     anet search-study --index runs/index
+    anet index --model models:/anet-synthetic@champion --split test --out runs/index --knn 21
+    anet search car.jpg --index runs/index --rerank; anet search-study --index runs/index --rerank
     anet serve --index runs/index --port 8000
 
 The registry comes from --tracking-uri or $MLFLOW_TRACKING_URI (default: the local
@@ -30,6 +32,7 @@ from anet.logs import setup_logging
 from anet.mlops.tracking import check_tracking_server, configure
 from anet.search.index import GalleryIndex, index_folder, index_split
 from anet.search.query import Filters, contact_sheet, embed_query, search
+from anet.search.rerank import load_graph
 from anet.search.served import load_predictor, prepared_of_model
 from anet.search.study import filter_study
 from anet.steps.preflight import check_writable
@@ -50,6 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     idx.add_argument("--cache", type=Path, help="prepared cache (with --split; default: the model's training run's)")
     idx.add_argument("--out", type=Path, required=True, help="index folder to write")
     idx.add_argument("--ann", action="store_true", help="approximate HNSW index (worth it past ~100k items)")
+    idx.add_argument("--knn", type=int, default=0, metavar="K",
+                     help="also store the gallery's exact K-nearest-neighbour graph (e.g. 21) for search --rerank")
     idx.add_argument("--tracking-uri", help=TRACKING_HELP)
     idx.set_defaults(func=run_index)
 
@@ -58,6 +63,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser("search-study", help="mAP / R1 with and without filtering by the query's attributes")
     study.add_argument("--index", type=Path, required=True, help="an index built with --split")
     study.add_argument("--json", action="store_true")
+    study.add_argument("--rerank", action="store_true", help="add a row with search --rerank's mAP / R1 (needs --knn)")
     study.add_argument("--tracking-uri", help=TRACKING_HELP)
     study.set_defaults(func=run_study)
 
@@ -80,6 +86,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     srch.add_argument("--camera", action="append", default=[], help="keep these cameras (repeatable, or a,b)")
     srch.add_argument("--min-confidence", type=float, default=0.0, help="of the attribute predictions filtered on")
     srch.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    srch.add_argument("--rerank", action="store_true",
+                      help="re-rank the top candidates (k-reciprocal, with the graph of an index built with --knn)")
     srch.add_argument("--sheet", type=Path, default=Path("search.png"), help="contact sheet PNG (default: search.png)")
     srch.add_argument("--model", help="must be the index's model (default: it)")
     srch.add_argument("--tracking-uri", help=TRACKING_HELP)
@@ -96,13 +104,15 @@ def run_index(args: argparse.Namespace) -> int:
     if args.meta and not args.folder:
         raise UserError("--meta goes with --folder (a prepared test set has its own cameras)")
     check_writable(args.out, "--out")  # else a PermissionError after embedding the whole gallery
+    if args.knn and args.knn < 2:
+        raise UserError(f"--knn {args.knn}: must be at least 2 (re-ranking uses 21)")
     _connect(args.tracking_uri)
     predictor, ref = load_predictor(args.model)
     if args.folder:
-        index = index_folder(predictor, ref, args.folder, args.out, args.meta, ann=args.ann)
+        index = index_folder(predictor, ref, args.folder, args.out, args.meta, ann=args.ann, knn=args.knn)
     else:
         prepared = PreparedDataset.open(args.cache) if args.cache else prepared_of_model(ref)
-        index = index_split(predictor, ref, prepared, args.split, args.out, ann=args.ann)
+        index = index_split(predictor, ref, prepared, args.split, args.out, ann=args.ann, knn=args.knn)
     sys.stdout.write(f"{index.folder}: {len(index)} items, {index.meta['kind']} index, model {ref}\n")
     return 0
 
@@ -127,10 +137,12 @@ def run_search(args: argparse.Namespace) -> int:
     index = GalleryIndex.open(args.index)
     filters = filters_from(args)
     filters.mask(index)  # unknown attributes / classes fail before the model is loaded
+    if args.rerank:
+        load_graph(index.folder)  # an index without a graph fails before the model is loaded
     _connect(args.tracking_uri)
     predictor, ref = load_predictor(args.model or index.model.uri)
     query = embed_query(predictor, ref, args.image.read_bytes())
-    hits = search(index, query, args.k, filters)
+    hits = search(index, query, args.k, filters, rerank=args.rerank)
     sheet = contact_sheet(index, query, hits, args.sheet)
     if args.json:
         out = {"query": {n: {"class": c, "confidence": p} for n, (c, p) in query.attributes.items()},
@@ -155,12 +167,14 @@ def run_study(args: argparse.Namespace) -> int:
     """``anet search-study``: the filtering table for an index of a test set."""
     setup_logging()
     index = GalleryIndex.open(args.index)
+    if args.rerank:
+        load_graph(index.folder)
     _connect(args.tracking_uri)
     predictor, _ = load_predictor(index.model.uri)
     source = index.meta["source"]
     if source.get("kind") != "split":
         raise UserError(f"{args.index}: built from a folder; the study needs an index built with --split")
-    table = filter_study(index, predictor, PreparedDataset.open(source["cache_dir"]))
+    table = filter_study(index, predictor, PreparedDataset.open(source["cache_dir"]), rerank=args.rerank)
     text = table.to_json(orient="records", indent=2) if args.json else table.round(4).to_string(index=False)
     sys.stdout.write(text + "\n")
     return 0

@@ -8,6 +8,7 @@ One folder per index::
                      with ``ann``, an HNSW graph (``IndexHNSWFlat``) for large galleries
     gallery.parquet  one row per item, in faiss id order: item, path, camera, time, vid, cache_index,
                      and per attribute the predicted class ``<name>`` and ``<name>_confidence``
+    knn.npz          with ``--knn K`` only: each item's K nearest items (search --rerank, anet.search.rerank)
 
 The gallery is either a prepared dataset's gallery rows (read from its cache: the same pixels the
 evaluator embeds) or a folder of images with optional camera / time metadata in a CSV
@@ -38,6 +39,7 @@ from anet.data.images import FORMATS_BY_SUFFIX
 from anet.errors import UserError
 from anet.io import atomic_write_text
 from anet.search.predictor import Predictions, ReidPredictor
+from anet.search.rerank import write_graph
 from anet.search.served import ModelRef
 
 FORMAT = 1
@@ -109,8 +111,9 @@ def build_faiss(embeddings: np.ndarray, ann: bool) -> Any:
 
 
 def write_index(out: str | Path, predictions: Predictions, table: pd.DataFrame, ref: ModelRef,
-                predictor: ReidPredictor, source: dict[str, Any], ann: bool) -> GalleryIndex:
-    """Write an index folder from the gallery's predictions and its table (rows in the same order)."""
+                predictor: ReidPredictor, source: dict[str, Any], ann: bool, knn: int = 0) -> GalleryIndex:
+    """Write an index folder from the gallery's predictions and its table (rows in the same order);
+    ``knn`` > 0 also stores the gallery's exact K-nearest-neighbour graph (for ``search --rerank``)."""
     import faiss  # lazy: see GalleryIndex.open
 
     if len(table) == 0:
@@ -124,11 +127,13 @@ def write_index(out: str | Path, predictions: Predictions, table: pd.DataFrame, 
         table[f"{name}_confidence"] = probs[np.arange(len(best)), best].astype(np.float64)
     index = build_faiss(predictions.embeddings, ann)
     faiss.write_index(index, str(out / FAISS))
+    if knn:
+        write_graph(out, predictions.embeddings, knn)
     table.to_parquet(out / TABLE, index=False)
     meta = {"format": FORMAT, "model": asdict(ref), "feature": predictor.feature,
             "dim": int(predictions.embeddings.shape[1]), "count": len(table), "kind": "hnsw" if ann else "flat",
             "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH} if ann else None,
-            "image_size": list(predictor.image_size), "source": source, "vocab": predictor.vocab}
+            "image_size": list(predictor.image_size), "source": source, "vocab": predictor.vocab, "knn": knn}
     atomic_write_text(out / META, json.dumps(meta, indent=2))
     log.info("indexed %d images into %s (%s, model %s)", len(table), out, meta["kind"], ref)
     return GalleryIndex(out, meta, table, index)
@@ -147,7 +152,7 @@ def gallery_rows(prepared: PreparedDataset, test_set: str) -> pd.DataFrame:
 
 
 def index_split(predictor: ReidPredictor, ref: ModelRef, prepared: PreparedDataset, test_set: str,
-                out: str | Path, ann: bool = False) -> GalleryIndex:
+                out: str | Path, ann: bool = False, knn: int = 0) -> GalleryIndex:
     """Index a prepared test set's gallery rows, embedded from the cache (the evaluator's pixels)."""
     if prepared.image_size != predictor.image_size:
         raise UserError(f"{prepared.cache_dir}: cached at {prepared.image_size}, the model takes "
@@ -162,11 +167,11 @@ def index_split(predictor: ReidPredictor, ref: ModelRef, prepared: PreparedDatas
                           "time": "", "vid": rows["vid"].astype(str), "cache_index": index})
     source = {"kind": "split", "cache_dir": str(Path(prepared.cache_dir).resolve()), "test_set": test_set,
               "dataset": prepared.manifest.dataset}
-    return write_index(out, predictions, table, ref, predictor, source, ann)
+    return write_index(out, predictions, table, ref, predictor, source, ann, knn)
 
 
 def index_folder(predictor: ReidPredictor, ref: ModelRef, folder: str | Path, out: str | Path,
-                 meta_csv: str | Path | None = None, ann: bool = False) -> GalleryIndex:
+                 meta_csv: str | Path | None = None, ann: bool = False, knn: int = 0) -> GalleryIndex:
     """Index every image under ``folder`` (recursively), with camera / time from ``meta_csv`` when given."""
     folder = Path(folder).resolve()
     if not folder.is_dir():
@@ -188,7 +193,7 @@ def index_folder(predictor: ReidPredictor, ref: ModelRef, folder: str | Path, ou
     source = {"kind": "folder", "folder": str(folder), "meta": str(meta_csv or ""), "skipped": len(files) - len(kept)}
     if not kept:
         raise UserError(f"--folder {folder}: no usable images ({', '.join(sorted(FORMATS_BY_SUFFIX))})")
-    return write_index(out, _concat(parts), table, ref, predictor, source, ann)
+    return write_index(out, _concat(parts), table, ref, predictor, source, ann, knn)
 
 
 def read_meta(meta_csv: str | Path | None, folder: Path) -> dict[str, tuple[str, str]]:

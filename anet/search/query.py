@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from anet.errors import UserError
 from anet.search.index import GalleryIndex
 from anet.search.predictor import ReidPredictor
+from anet.search.rerank import POOL, load_graph, rerank_candidates
 from anet.search.served import ModelRef
 
 TILE = 128  # px of a contact-sheet tile
@@ -84,16 +85,23 @@ def query_from_item(index: GalleryIndex, item: int) -> Query:
     return Query(index.faiss_index.reconstruct(int(item)), index.model, attrs, load_image(index, item))
 
 
-def search(index: GalleryIndex, query: Query, k: int = 20, filters: Filters | None = None) -> pd.DataFrame:
-    """The top ``k`` gallery items for ``query``: rank, score (cosine similarity) and the item's table row."""
+def search(index: GalleryIndex, query: Query, k: int = 20, filters: Filters | None = None,
+           rerank: bool = False) -> pd.DataFrame:
+    """The top ``k`` gallery items for ``query``: rank, score (cosine similarity) and the item's table row.
+
+    ``rerank``: the top ``anet.search.rerank.POOL`` candidates are re-ordered by k-reciprocal
+    re-ranking with the index's stored neighbour graph (``anet index --knn``); a ``rerank_distance``
+    column is added.
+    """
     import faiss  # lazy: see GalleryIndex.open
 
     index.check_model(query.model)
     if k < 1:
         raise UserError(f"--k {k}: must be at least 1")
+    graph = load_graph(index.folder) if rerank else None
     mask = (filters or Filters()).mask(index)
     allowed = len(index) if mask is None else int(mask.sum())
-    k = min(k, allowed)
+    top, k = k, min(max(k, POOL) if rerank else k, allowed)
     if k == 0:
         return _hits(index, np.zeros(0, np.int64), np.zeros(0, np.float32))
     selector = None if mask is None else faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64))
@@ -105,7 +113,12 @@ def search(index: GalleryIndex, query: Query, k: int = 20, filters: Filters | No
     scores, ids = index.faiss_index.search(q, k, params=params)
     scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
     order = np.lexsort((ids, np.float32(1) - scores))  # the evaluator's key: D = 1 - S, then the lower index
-    return _hits(index, ids[order], scores[order])
+    if graph is None:
+        return _hits(index, ids[order], scores[order])
+    by_id = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+    ids, dist = rerank_candidates(index.embeddings(), graph, q[0], ids[order], mask)
+    hits = _hits(index, ids[:top], np.asarray([by_id[i] for i in ids[:top].tolist()], np.float32))
+    return hits.assign(rerank_distance=dist[:top].astype(np.float64))
 
 
 def _hits(index: GalleryIndex, ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:

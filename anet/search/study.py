@@ -24,16 +24,18 @@ from anet.data.cache import PreparedDataset
 from anet.errors import UserError
 from anet.search.index import GalleryIndex, gallery_rows
 from anet.search.predictor import ReidPredictor
+from anet.search.rerank import POOL, load_graph, rerank_candidates
 
 CONFIDENCES = (0.0, 0.5)
 
 
 def filter_study(index: GalleryIndex, predictor: ReidPredictor, prepared: PreparedDataset,
-                 confidences: Sequence[float] = CONFIDENCES) -> pd.DataFrame:
+                 confidences: Sequence[float] = CONFIDENCES, rerank: bool = False) -> pd.DataFrame:
     """One row per (filter, min_confidence): mAP, R1, mean fraction of the gallery and of the true matches kept.
 
     Filters: none, each attribute alone, all attributes together. ``index`` must be built from
-    ``prepared``'s test set (``anet index --split``) by the model ``predictor`` is.
+    ``prepared``'s test set (``anet index --split``) by the model ``predictor`` is. ``rerank`` adds
+    a row "rerank": no filter, each query's top candidates re-ranked as ``anet search --rerank`` does.
     """
     source = index.meta["source"]
     if source.get("kind") != "split":
@@ -58,7 +60,27 @@ def filter_study(index: GalleryIndex, predictor: ReidPredictor, prepared: Prepar
                 sure = index.table[f"{n}_confidence"].to_numpy() >= conf  # G
                 keep &= (g_class[n][None, :] == q_class[n][:, None]) & sure[None, :]
             rows.append({"filter": label, "min_confidence": conf, **_scores(sims, relevant, junk, keep)})
+    if rerank:
+        reranked = _reranked_sims(index, predicted.embeddings, sims)
+        rows.append({"filter": "rerank", "min_confidence": 0.0,
+                     **_scores(reranked, relevant, junk, np.ones_like(relevant))})
     return pd.DataFrame(rows)
+
+
+def _reranked_sims(index: GalleryIndex, queries: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """Q x G scores whose ranking is the search's: the top POOL re-ranked, then the rest as before.
+
+    Returned as ``1 - D`` with D = rank position / G (distinct, so ties never reorder them).
+    """
+    graph, gallery = load_graph(index.folder), index.embeddings()
+    out = np.empty_like(sims)
+    ranks = np.arange(sims.shape[1], dtype=np.float64)
+    for row, (q, s) in enumerate(zip(queries, sims, strict=True)):
+        order = np.lexsort((np.arange(len(s)), np.float32(1) - s))
+        head, _ = rerank_candidates(gallery, graph, q, order[:POOL])
+        order[: len(head)] = head
+        out[row, order] = 1.0 - ranks / len(s)
+    return out
 
 
 def _relevance(queries: pd.DataFrame, gallery: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
