@@ -338,3 +338,24 @@ def test_search_study_rerank_row_is_the_offline_reranked_map(search_setup, monke
     assert row["queries"] == len(valid) > 0
     assert row["mAP"] == pytest.approx(np.mean([r.mAP for r in valid]), abs=1e-6)
     assert row["R1"] == pytest.approx(np.mean([r.r1 for r in valid]), abs=1e-6)
+
+
+def test_the_page_api_reranks_with_the_checkbox_field(search_setup):
+    """POST /api/search with "rerank": true on a real uvicorn server; /api/info says when it can."""
+    from test_search_page import _get, _post, running
+
+    from anet.search.web import create_app
+
+    base, index = search_setup
+    with running(create_app(index, base.predictor)) as url:
+        assert json.loads(_get(f"{url}/api/info")[1])["rerank"] is True
+        code, out = _post(f"{url}/api/search", {"item": 0, "k": 5, "rerank": True})
+        assert code == 200 and len(out["hits"]) == 5 and 0 not in [h["item"] for h in out["hits"]]
+        dist = [h["rerank_distance"] for h in out["hits"]]
+        assert dist == sorted(dist) and [h["rank"] for h in out["hits"]] == [1, 2, 3, 4, 5]
+        code, plain = _post(f"{url}/api/search", {"item": 0, "k": 5})
+        assert code == 200 and "rerank_distance" not in plain["hits"][0]
+    with running(create_app(base.index, base.predictor)) as url:  # an index built without --knn
+        assert json.loads(_get(f"{url}/api/info")[1])["rerank"] is False
+        code, out = _post(f"{url}/api/search", {"item": 0, "k": 5, "rerank": True})
+        assert code == 400 and "no neighbour graph" in out["error"]

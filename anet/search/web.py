@@ -50,6 +50,7 @@ class SearchRequest(BaseModel):
     filters: dict[str, str] = Field(default_factory=dict)  # attribute -> class ("" = any)
     cameras: list[str] = Field(default_factory=list)
     min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    rerank: bool = False  # re-rank the top candidates (an index built with --knn)
 
 
 def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None, limits: Limits | None = None) -> Any:
@@ -103,7 +104,7 @@ def create_app(index: GalleryIndex, predictor: ReidPredictor | None = None, limi
     def run_search(body: SearchRequest) -> dict[str, Any]:
         query = _query(index, body, loaded, limits.max_pixels)
         filters = Filters({k: v for k, v in body.filters.items() if v}, tuple(body.cameras), body.min_confidence)
-        hits = search(index, query, body.k + (body.item is not None), filters)
+        hits = search(index, query, body.k + (body.item is not None), filters, rerank=body.rerank)
         hits = hits[hits["item"] != body.item].head(body.k)  # a gallery item as query: show the others
         hits = hits.assign(rank=range(1, len(hits) + 1))
         return {"query": {"item": body.item, "attributes": {n: {"class": c, "confidence": p}
@@ -126,7 +127,7 @@ def _validation_line(errors: Any) -> str:
 def _info(index: GalleryIndex) -> dict[str, Any]:
     cameras = sorted({c for c in index.table["camera"] if c}, key=lambda c: (len(c), c))  # "2" before "10"
     return {"model": str(index.model), "count": len(index), "kind": index.meta["kind"], "vocab": index.vocab,
-            "cameras": cameras}
+            "cameras": cameras, "rerank": bool(index.meta.get("knn"))}
 
 
 def _query(index: GalleryIndex, body: SearchRequest, loaded: dict[str, ReidPredictor], max_pixels: int) -> Query:
@@ -144,7 +145,8 @@ def _hit(hit: dict[str, Any], index: GalleryIndex) -> dict[str, Any]:
     attrs = {n: {"class": hit[n], "confidence": float(hit[f"{n}_confidence"])} for n in index.vocab}
     return {"rank": int(hit["rank"]), "item": int(hit["item"]), "score": float(hit["score"]),
             "camera": hit["camera"], "time": hit["time"], "path": hit["path"], "attributes": attrs,
-            "thumb": f"/api/thumb/{int(hit['item'])}"}
+            "thumb": f"/api/thumb/{int(hit['item'])}",
+            **({"rerank_distance": float(hit["rerank_distance"])} if "rerank_distance" in hit else {})}
 
 
 def thumbnail_png(image: np.ndarray, size: int = THUMB) -> bytes:
