@@ -81,3 +81,70 @@ def test_defaults_stay_plain_anet() -> None:
 def test_fastreid_options_without_their_switch_are_refused(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_config("smoke", [override])
+
+
+def _fastreid_cfg(cfg, num_classes: int):
+    """FastReID 1.4.0's config for what the profile sets, key by key (the README's recipe table)."""
+    from fastreid.config import get_cfg
+
+    m, h, loss = cfg.model, cfg.model.head, cfg.loss
+    pools = {"gemp": "GeneralizedMeanPoolingP", "gem": "GeneralizedMeanPooling", "avg": "GlobalAvgPool"}
+    fr = get_cfg()
+    fr.merge_from_list([
+        "MODEL.BACKBONE.PRETRAIN", False, "MODEL.BACKBONE.DEPTH", f"{m.depth}x", "MODEL.BACKBONE.WITH_IBN", m.ibn,
+        "MODEL.BACKBONE.WITH_NL", m.non_local, "MODEL.BACKBONE.LAST_STRIDE", m.last_stride,
+        "MODEL.BACKBONE.FEAT_DIM", 2048 if m.depth >= 50 else 512, "MODEL.HEADS.NUM_CLASSES", num_classes,
+        "MODEL.HEADS.POOL_LAYER", pools[h.pool], "MODEL.HEADS.CLS_LAYER", {"circle": "CircleSoftmax"}.get(
+            h.cls_layer, "Linear"), "MODEL.HEADS.SCALE", type(fr.MODEL.HEADS.SCALE)(h.scale),
+        "MODEL.HEADS.MARGIN", type(fr.MODEL.HEADS.MARGIN)(h.margin),
+        "MODEL.HEADS.NECK_FEAT", h.neck_feat, "MODEL.HEADS.EMBEDDING_DIM", h.embedding_dim,
+        "MODEL.LOSSES.NAME", ("CrossEntropyLoss", "TripletLoss"), "MODEL.LOSSES.CE.EPSILON", loss.label_smoothing, "MODEL.LOSSES.TRI.MARGIN", loss.triplet_margin,
+        "MODEL.LOSSES.TRI.HARD_MINING", loss.triplet_hard_mining, "MODEL.LOSSES.TRI.NORM_FEAT", loss.triplet_norm_feat,
+        "MODEL.HEADS.WITH_BNNECK", True, "MODEL.DEVICE", "cpu",
+    ])
+    return fr
+
+
+@pytest.mark.parametrize(("profile", "depth"), [("veri776-fastreid", 50), ("veriwild-fastreid", 18),
+                                                ("vehicleid-fastreid", 18)])
+def test_baseline_of_each_profile_equals_fastreids_own_baseline(profile: str, depth: int) -> None:
+    """model.variant=baseline of the profile = FastReID's Baseline built from the recipe's keys: its state dict
+    loads (heads.* -> f_head.*), and the training losses, their gradients and the test feature are equal."""
+    pytest.importorskip("fastreid.layers", reason="FastReID 1.4.0 (test-only reference) is not installed")
+    from fastreid.modeling.meta_arch import build_model as fr_build_model
+    from fastreid.utils.events import EventStorage
+
+    from anet.fastreid_losses import FastReIDCriterion
+
+    cfg = load_config(profile, ["model.variant=baseline", "eval.feature=f", f"model.depth={depth}"])
+    torch.manual_seed(0)
+    theirs = fr_build_model(_fastreid_cfg(cfg, num_classes=4))
+    for mod in theirs.modules():  # norms away from init, so that the non-local blocks and every BN matter
+        if isinstance(mod, torch.nn.BatchNorm2d) and mod.weight.requires_grad:
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
+    ours = build_model(cfg.model, num_ids=4, attr_classes={})
+    state = {k.replace("heads.", "f_head.", 1): v for k, v in theirs.state_dict().items() if not k.startswith("pixel_")}
+    ours.load_state_dict(state, strict=True)
+    mean, std = torch.tensor(cfg.augment.mean).view(1, 3, 1, 1), torch.tensor(cfg.augment.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(theirs.pixel_mean / 255, mean), torch.testing.assert_close(theirs.pixel_std / 255, std)
+    theirs.pixel_mean.zero_(), theirs.pixel_std.fill_(1.0)  # same normalisation: both get the same normalised input
+    x = (torch.rand(8, 3, 64, 64) - mean) / std
+    ids = torch.arange(4).repeat_interleave(2)
+    with EventStorage(0):
+        their_losses = theirs({"images": x.clone(), "targets": ids})  # in place
+    terms = FastReIDCriterion(cfg.loss, cfg.model)(ours(x), ids, {})
+    torch.testing.assert_close(terms["id_f"], their_losses["loss_cls"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(terms["tri_f"], their_losses["loss_triplet"], rtol=1e-4, atol=1e-5)
+    sum(terms.values()).backward()
+    sum(their_losses.values()).backward()
+    theirs_params = dict(theirs.named_parameters())
+    pairs = [(n, p.grad, theirs_params[n.replace("f_head.", "heads.", 1)].grad) for n, p in ours.named_parameters()]
+    assert all((g is None) == (h is None) for _, g, h in pairs)
+    pairs = [(n, g, h) for n, g, h in pairs if h is not None]
+    scale = torch.cat([h.flatten() for _, _, h in pairs]).norm()
+    for name, g, h in pairs:  # float noise only (a conv bias before a BN has an exactly-zero true gradient)
+        assert (g - h).norm() <= 1e-4 * h.norm() + 1e-6 * scale, name
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours.embed(x, feature="f"), torch.nn.functional.normalize(theirs({"images": x})),
+                                   rtol=1e-4, atol=1e-5)
