@@ -89,3 +89,21 @@ def test_a_resumed_stage_keeps_the_precision_it_started_with(workdir, prepared, 
     assert measured.seen[-1][1]["runtime.precision_used"] == ("bf16" if first == "fp32" else "fp32")
     assert measured.seen[-1][2] == {}
     assert any("resuming in" in r.getMessage() for r in caplog.records)
+
+
+def test_the_choice_and_both_timings_reach_the_step_run_in_mlflow(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from anet.mlops.callback import MlflowCallback
+    from anet.train.precision import PrecisionChoice
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    choice = PrecisionChoice("bf16", "measured", {"fp32": 0.25, "bf16": 0.125})
+    with mlflow.start_run() as run:
+        callback = MlflowCallback()
+        callback.on_measured("stage_one", choice.params(), choice.metrics())
+        assert callback.flush(final=True)
+    data = MlflowClient().get_run(run.info.run_id).data
+    assert data.params["runtime.precision_used"] == "bf16" and data.params["runtime.precision_source"] == "measured"
+    assert data.metrics == {"runtime/precision_auto/fp32_s_per_step": 0.25, "runtime/precision_auto/bf16_s_per_step": 0.125}
