@@ -161,3 +161,35 @@ def test_lr_per_iteration_equals_fastreid(sched: str, warmup: int, delay: int, s
     assert len({round(x[0], 12) for x in ours}) >= 3  # the schedule moves
     for it, (o, t) in enumerate(zip(ours, theirs, strict=True)):
         assert o == pytest.approx(t, rel=1e-9, abs=1e-15), f"iteration {it}"
+
+
+def test_training_wiring_freezes_the_backbone_and_survives_a_resume() -> None:
+    """make_optimizer with solver.kind=fastreid: for FREEZE_ITERS steps the backbone's weights AND its BN
+    statistics stay (forward pre-hook puts it in eval), the heads train; the count is in the optimiser's state."""
+    from anet.config import ModelCfg, StageCfg
+    from anet.model import build_model
+    from anet.train.data import make_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(ModelCfg(variant="baseline", depth=18), num_ids=4, attr_classes={})
+    stage = StageCfg(name="stage_one", epochs=1, lr=0.01, amsgrad=False,
+                     solver={"kind": "fastreid", "optimizer": "sgd", "freeze_iters": 2})
+    optimizer = make_optimizer(model, stage)
+    start = copy.deepcopy(model.state_dict())
+    x, ids = torch.randn(8, 3, 32, 32), torch.arange(4).repeat_interleave(2)
+
+    def step() -> None:
+        model.train()  # the engine calls train() every epoch; the hook re-applies eval while frozen
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x).f_logits, ids).backward()
+        optimizer.step()
+
+    step(), step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
+    assert changed and all(k.startswith("f_head.") for k in changed)  # backbone: weights and BN stats kept
+    resumed = make_optimizer(model, stage)
+    resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    optimizer = resumed
+    step()
+    assert not torch.equal(model.backbone.conv1.weight, start["backbone.conv1.weight"])  # not frozen again
+    assert not torch.equal(model.backbone.bn1.running_mean, start["backbone.bn1.running_mean"])
