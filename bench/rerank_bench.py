@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("mAP", "R1", "mINP", "num_valid")
     report = {
         "shape": [n_query, n_gallery, DIM], "block_size": args.block_size, "k1_k2_lambda": [20, 6, 0.3],
-        "allocator": os.environ.get("LD_PRELOAD", "") or "glibc", "threads": os.cpu_count(),
+        "allocator": os.environ.get("LD_PRELOAD", "") or "glibc", "cpus": os.cpu_count(),
         "eval_s": plain["seconds"], "rerank_s": rerank["seconds"],
         "ratio": round(rerank["seconds"] / plain["seconds"], 2),
         "cpu_ratio": round(rerank["cpu_seconds"] / plain["cpu_seconds"], 2),

@@ -116,7 +116,7 @@ def search(index: GalleryIndex, query: Query, k: int = 20, filters: Filters | No
     if graph is None:
         return _hits(index, ids[order], scores[order])
     by_id = dict(zip(ids.tolist(), scores.tolist(), strict=True))
-    ids, dist = rerank_candidates(index.embeddings(), graph, q[0], ids[order], mask)
+    ids, dist = rerank_candidates(index.faiss_index.reconstruct_batch, graph, q[0], ids[order], mask)
     hits = _hits(index, ids[:top], np.asarray([by_id[i] for i in ids[:top].tolist()], np.float32))
     return hits.assign(rerank_distance=dist[:top].astype(np.float64))
 

@@ -11,11 +11,12 @@ is exactly the offline re-ranking of the query against the gallery (tested).
 
 Example:
     >>> write_graph(folder, embeddings, k=21)
-    >>> ids, dist = rerank_candidates(index, query_embedding, candidate_ids)
+    >>> ids, dist = rerank_candidates(index.faiss_index.reconstruct_batch, graph, query_embedding, candidate_ids)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +52,13 @@ def load_graph(folder: str | Path) -> np.ndarray:
         return np.asarray(npz["index"])
 
 
-def rerank_candidates(embeddings: np.ndarray, graph: np.ndarray, query: np.ndarray,
+def rerank_candidates(vectors: Callable[[np.ndarray], np.ndarray], graph: np.ndarray, query: np.ndarray,
                       candidates: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(candidates re-ordered, their re-ranked distances)`` for one L2-normalised ``query``.
 
-    ``embeddings`` G x D and ``graph`` G x K are the index's; ``allowed`` (G bool) limits the pool to
-    the items a filter keeps. Ties in distance keep the lower item id first (the evaluator's rule).
+    ``vectors(ids)`` returns those gallery items' stored embeddings (n x D; only the pool's are read)
+    and ``graph`` G x K is the index's; ``allowed`` (G bool) limits the pool to the items a filter
+    keeps. Ties in distance keep the lower item id first (the evaluator's rule).
     """
     candidates = np.asarray(candidates, dtype=np.int64)
     if len(candidates) == 0:
@@ -64,7 +66,8 @@ def rerank_candidates(embeddings: np.ndarray, graph: np.ndarray, query: np.ndarr
     pool = np.unique(np.concatenate([candidates, graph[candidates].reshape(-1).astype(np.int64)]))
     if allowed is not None:
         pool = pool[allowed[pool]]
-    dist = rerank_distances(np.asarray(query, np.float32)[None], embeddings[pool], K1, K2, LAMBDA)[0]
+    gallery = np.asarray(vectors(pool), dtype=np.float32)  # pool x D
+    dist = rerank_distances(np.asarray(query, np.float32)[None], gallery, K1, K2, LAMBDA)[0]
     at = np.searchsorted(pool, candidates)
     order = np.lexsort((candidates, dist[at]))
     return candidates[order], dist[at][order]

@@ -77,7 +77,7 @@ def _reranked_sims(index: GalleryIndex, queries: np.ndarray, sims: np.ndarray) -
     ranks = np.arange(sims.shape[1], dtype=np.float64)
     for row, (q, s) in enumerate(zip(queries, sims, strict=True)):
         order = np.lexsort((np.arange(len(s)), np.float32(1) - s))
-        head, _ = rerank_candidates(gallery, graph, q, order[:POOL])
+        head, _ = rerank_candidates(gallery.__getitem__, graph, q, order[:POOL])
         order[: len(head)] = head
         out[row, order] = 1.0 - ranks / len(s)
     return out
