@@ -56,8 +56,8 @@ def import_dataset(dataset: str, source: str, data_dir: str | os.PathLike[str] =
     """
     data_dir = Path(data_dir).resolve()
     target = data_dir / dataset
-    data_dir.mkdir(parents=True, exist_ok=True)
-    remove_dead_staging(data_dir, dataset)
+    if data_dir.is_dir():  # created only once the source answers (a failed import leaves no folder)
+        remove_dead_staging(data_dir, dataset)
     repo = dvc_root(data_dir)
     marker = None if repo is None else repo / ".dvc" / "tmp" / f"anet-import-{dataset}.json"
     if marker is not None and _interrupted(marker, target, _source_key(source), overwrite):
