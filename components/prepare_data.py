@@ -21,10 +21,13 @@ def prepare_data(
     dataset: str,
     overrides: dict,
     cache_root: str,
+    # the run settings: exactly anet.config.RunSettings' fields (tests/test_pipeline_compile.py checks)
     lambda_a: Optional[float] = None,
     lambda_g: Optional[float] = None,
     lambda_van: Optional[float] = None,
+    lr: Optional[float] = None,
     epochs: Optional[int] = None,
+    eval_every: Optional[int] = None,
     seed: Optional[int] = None,
     promotion_margin: Optional[float] = None,
     config_json: Optional[str] = None,
@@ -36,13 +39,13 @@ def prepare_data(
     Without ``mlflow_parent_run_id`` (a run started from the Kubeflow UI or a schedule) this step
     opens the parent run itself; the register step, or a failing step, closes it.
     """
+    given = dict(locals())  # first line: the parameters as kfp passed them
     from collections import namedtuple  # lazy: kfp runs only this function body, inside the image
 
     from anet import steps  # lazy: kfp runs only this function body, inside the image
     from anet.config import RunSettings  # lazy: kfp runs only this function body, inside the image
 
-    settings = RunSettings(lambda_a=lambda_a, lambda_g=lambda_g, lambda_van=lambda_van, epochs=epochs, seed=seed,
-                           promotion_margin=promotion_margin)
+    settings = RunSettings(**{name: given[name] for name in RunSettings.model_fields})
     result = steps.prepare_data(prepared.path, config_json=config_json, profile=profile, dataset=dataset,
                                 overrides=overrides, settings=settings, data_root=data_root,
                                 cache_root=cache_root, parent_run_id=mlflow_parent_run_id, open_parent_run=True)

@@ -15,24 +15,28 @@ requests, secrets, PVC mounts), so they are always applied; a cluster honours th
   the location written in the Dataset artifact, so no images are copied between steps.
 
 Run settings: a run started from the Kubeflow UI sets ``profile``, ``overrides`` (a JSON object of
-dotted config keys, e.g. ``{"stage_two.epochs": 0}``) and the typed paper parameters ``lambda_a``,
-``lambda_g``, ``lambda_van`` (omitted: the profile's value); the prepare step resolves them into the
-config once. A driver (``pipelines.run``, the sweep) resolves the config itself and passes
-``config_json`` together with the typed values it contains. Either way every later step reads the
-config's JSON, and ``lambda_g`` ends up as ``cfg.loss.lambda_g`` in ``anet.losses.Criterion``.
+dotted config keys, e.g. ``{"stage_two.epochs": 0}``) and any of the typed run settings declared once
+by :class:`anet.config.RunSettings` (``lambda_a``, ``lambda_g``, ``lambda_van``, ``lr``, ...; omitted:
+the profile's value), and leaves ``config_json`` empty; the prepare step resolves them into the
+config once. A driver (``pipelines.run``, the sweep, the ablation) resolves the config itself and
+passes ``config_json`` alone (kfp.local, which cannot leave a parameter unset, gets each setting's
+value from that config; the prepare step refuses one that disagrees). Either way every later step
+reads the config's JSON, and ``lambda_g`` ends up as ``cfg.loss.lambda_g`` in ``anet.losses.Criterion``.
 
 Example:
-    >>> from pipelines.dag import anet_pipeline, make_pipeline
+    >>> from pipelines.dag import anet_dag, anet_pipeline, make_pipeline
     >>> four_gpu = make_pipeline(gpus=4)   # compile with: python -m pipelines.compile --gpus 4
 """
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
 from kfp import dsl, kubernetes
 
+from anet.config import RunSettings
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.register_model import register_model
@@ -89,11 +93,22 @@ def _place(task: dsl.PipelineTask, placement: Placement) -> None:
                                   effect=effect or None)
 
 
-def _train_settings(task: dsl.PipelineTask, cache_pvc: str, gpus: int, display_name: str, retries: int,
-                    placement: Placement, nodes: int = 1) -> None:
+@dataclass(frozen=True)
+class TrainShape:
+    """What a compiled DAG fixes for its train tasks: ``gpus`` each, ``nodes`` (> 1: a TrainJob),
+    ``retries`` (0 locally: kfp.local honours them and a failing step must stop the run at once)."""
+
+    gpus: int = 1
+    retries: int = 2
+    placement: Placement = field(default_factory=Placement)
+    nodes: int = 1
+
+
+def _train_settings(task: dsl.PipelineTask, cache_pvc: str, display_name: str, shape: TrainShape) -> None:
     """GPUs (an error in the step when they are requested but not visible), NCCL's shared memory,
     placement, retries that resume from the last checkpoint on the PVC. ``nodes`` > 1: the task
     launches a TrainJob of ``nodes`` x ``gpus`` instead (:mod:`pipelines.trainjob`)."""
+    gpus, retries, placement, nodes = shape.gpus, shape.retries, shape.placement, shape.nodes
     _platform(task, cache_pvc, SECRETS, cpu="8", memory="32G")
     task.set_display_name(display_name)
     if nodes > 1:  # the pod only launches and follows the job: no GPU, no placement of its own
@@ -115,65 +130,71 @@ def _train_settings(task: dsl.PipelineTask, cache_pvc: str, gpus: int, display_n
         task.set_retry(num_retries=retries, backoff_duration="60s")
 
 
+def anet_dag(
+    shape: TrainShape,
+    dataset: str = "synthetic",
+    profile: str = "synthetic",
+    overrides: dict = {},
+    # the run settings: exactly anet.config.RunSettings' fields (tests/test_pipeline_compile.py checks)
+    lambda_a: Optional[float] = None,
+    lambda_g: Optional[float] = None,
+    lambda_van: Optional[float] = None,
+    lr: Optional[float] = None,
+    epochs: Optional[int] = None,
+    eval_every: Optional[int] = None,
+    seed: Optional[int] = None,
+    promotion_margin: Optional[float] = None,
+    config_json: Optional[str] = None,
+    mlflow_parent_run_id: Optional[str] = None,
+    trial: dict = {},
+    data_root: Optional[str] = None,
+    cache_root: str = CLUSTER_CACHE_ROOT,
+    cache_pvc: str = "anet-cache",
+    promote: bool = True,
+) -> str:
+    """The DAG; ``make_pipeline`` binds ``shape`` and kfp sees every other parameter.
+
+    Omitted run settings keep the profile's value; ``overrides`` maps dotted config keys to values.
+    """
+    settings = {name: value for name, value in locals().items() if name in RunSettings.model_fields}
+    prep = prepare_data(
+        profile=profile, dataset=dataset, overrides=overrides, cache_root=cache_root, config_json=config_json,
+        data_root=data_root, mlflow_parent_run_id=mlflow_parent_run_id, **settings,
+    ).set_display_name("prepare data")
+    _platform(prep, cache_pvc, SECRETS, cpu="2", memory="8G")
+    resolved = prep.outputs["config_json"]
+    parent = prep.outputs["parent_run_id"]  # the driver's, or the one prepare opened (UI, schedules)
+
+    one = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_one",
+                mlflow_parent_run_id=parent, trial=trial)
+    _train_settings(one, cache_pvc, "stage-one training", shape)
+    two = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_two",
+                mlflow_parent_run_id=parent, trial=trial, init_from=one.outputs["model"])
+    _train_settings(two, cache_pvc, "stage-two AC fine-tuning", shape)
+
+    ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
+                  mlflow_parent_run_id=parent).set_display_name("evaluate")
+    _platform(ev, cache_pvc, SECRETS, cpu="4", memory="16G")
+    ev.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)  # it removes the run's retry checkpoints
+    reg = register_model(config_json=resolved, dataset=dataset, evaluation_json=ev.outputs["Output"],
+                         model=two.outputs["model"], mlflow_parent_run_id=parent, promote=promote)
+    reg.set_display_name("register model")
+    _platform(reg, cache_pvc, SECRETS, cpu="1", memory="4G")
+    return reg.output
+
+
 def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | None = None, nodes: int = 1) -> Callable:
-    """Build the pipeline function; ``gpus`` per train task (> 1 runs DDP via torchrun); ``nodes`` > 1
-    trains each stage as a Kubeflow Trainer TrainJob of ``nodes`` x ``gpus`` (docker/README.md).
+    """The pipeline :func:`anet_dag` with ``gpus`` per train task (> 1 runs DDP via torchrun); ``nodes``
+    > 1 trains each stage as a Kubeflow Trainer TrainJob of ``nodes`` x ``gpus`` (docker/README.md).
 
     ``cluster=False`` drops the retry policy: kfp.local honours it (with its backoff), and locally a
     failing step must stop the run at once. Every other platform setting is ignored by kfp.local.
     """
-    retries = 2 if cluster else 0
-    placement = placement or Placement()
-
-    @dsl.pipeline(name=PIPELINE_NAME, description="AttributeNet vehicle re-ID: prepare, two-stage training, "
-                  "evaluation, MLflow registration with champion/challenger promotion")
-    def anet_pipeline(
-        dataset: str = "synthetic",
-        profile: str = "synthetic",
-        overrides: dict = {},
-        lambda_a: Optional[float] = None,
-        lambda_g: Optional[float] = None,
-        lambda_van: Optional[float] = None,
-        epochs: Optional[int] = None,
-        seed: Optional[int] = None,
-        promotion_margin: Optional[float] = None,
-        config_json: Optional[str] = None,
-        mlflow_parent_run_id: Optional[str] = None,
-        trial: dict = {},
-        data_root: Optional[str] = None,
-        cache_root: str = CLUSTER_CACHE_ROOT,
-        cache_pvc: str = "anet-cache",
-        promote: bool = True,
-    ) -> str:
-        """Omitted typed parameters keep the profile's value; ``overrides`` maps dotted config keys to values."""
-        prep = prepare_data(
-            profile=profile, dataset=dataset, overrides=overrides, cache_root=cache_root, lambda_a=lambda_a,
-            lambda_g=lambda_g, lambda_van=lambda_van, epochs=epochs, seed=seed, promotion_margin=promotion_margin,
-            config_json=config_json, data_root=data_root, mlflow_parent_run_id=mlflow_parent_run_id,
-        ).set_display_name("prepare data")
-        _platform(prep, cache_pvc, SECRETS, cpu="2", memory="8G")
-        resolved = prep.outputs["config_json"]
-        parent = prep.outputs["parent_run_id"]  # the driver's, or the one prepare opened (UI, schedules)
-
-        one = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_one",
-                    mlflow_parent_run_id=parent, trial=trial)
-        _train_settings(one, cache_pvc, gpus, "stage-one training", retries, placement, nodes)
-        two = train(config_json=resolved, prepared=prep.outputs["prepared"], stage_name="stage_two",
-                    mlflow_parent_run_id=parent, trial=trial, init_from=one.outputs["model"])
-        _train_settings(two, cache_pvc, gpus, "stage-two AC fine-tuning", retries, placement, nodes)
-
-        ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
-                      mlflow_parent_run_id=parent).set_display_name("evaluate")
-        _platform(ev, cache_pvc, SECRETS, cpu="4", memory="16G")
-        ev.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)  # it removes the run's retry checkpoints
-        reg = register_model(config_json=resolved, dataset=dataset, evaluation_json=ev.outputs["Output"],
-                             model=two.outputs["model"], mlflow_parent_run_id=parent,
-                             promote=promote)
-        reg.set_display_name("register model")
-        _platform(reg, cache_pvc, SECRETS, cpu="1", memory="4G")
-        return reg.output
-
-    return anet_pipeline
+    shape = TrainShape(gpus=gpus, retries=2 if cluster else 0, placement=placement or Placement(), nodes=nodes)
+    bound = functools.partial(anet_dag, shape)  # kfp reads the signature without ``shape``
+    bound.__name__, bound.__doc__ = "anet_pipeline", anet_dag.__doc__  # type: ignore[attr-defined]
+    return dsl.pipeline(name=PIPELINE_NAME, description="AttributeNet vehicle re-ID: prepare, two-stage "
+                        "training, evaluation, MLflow registration with champion/challenger promotion")(bound)
 
 
 anet_pipeline = make_pipeline()

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from anet.config import ExperimentConfig, RunSettings, parse_overrides, resolve_config
+from anet.config import RUN_SETTING_KEYS, ExperimentConfig, RunSettings, parse_overrides, resolve_config
 from anet.errors import UserError, run_guarded
 from anet.io import pid_alive
 from anet.logs import setup_logging
@@ -165,7 +165,7 @@ def suggest(trial: Any, names: tuple[str, ...], tune_lr: bool) -> RunSettings:
 
 def trial_overrides(base: dict[str, Any], eval_every: int) -> dict[str, Any]:
     """The user's overrides plus an in-training evaluation period for the pruner (unless they set one)."""
-    period = {f"{stage}.eval_every": eval_every for stage in ("stage_one", "stage_two")}
+    period = {key: eval_every for key in RUN_SETTING_KEYS["eval_every"]}
     return {**period, **base}
 
 

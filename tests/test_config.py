@@ -112,3 +112,14 @@ def test_cli_prints_one_line_for_a_config_mistake(capsys):
     assert err == ["error: unknown config key 'loss.lamda_a'; did you mean 'loss.lambda_a'? "
                    "(valid here: label_smoothing, triplet_margin, soft_margin, lambda_a, lambda_g, lambda_van, "
                    "form, triplet_hard_mining, triplet_norm_feat)"]
+
+
+def test_dotted_keys_work_at_any_depth():
+    """Overrides, run settings and reading back share one dotted-key walk, three levels deep as well."""
+    from anet.config import RUN_SETTING_KEYS, RunSettings, config_value, resolve_config
+
+    cfg = resolve_config("smoke", {"data.synthetic.seed": 11}, RunSettings(eval_every=2))
+    assert config_value(cfg, "data.synthetic.seed") == cfg.data.synthetic.seed == 11
+    assert [config_value(cfg, k) for k in RUN_SETTING_KEYS["eval_every"]] == [2, 2]
+    with pytest.raises(ConfigError, match="data.synthetic.sed"):
+        resolve_config("smoke", {"data.synthetic.sed": 1})

@@ -90,7 +90,7 @@ def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeyp
     from types import SimpleNamespace
 
     from anet import steps
-    from anet.config import resolve_config
+    from anet.config import ExperimentConfig, resolve_config
     from anet.mlops.step_tracking import record_step_failure
     from pipelines import cluster as runner
     from pipelines.run import dag_arguments
@@ -118,7 +118,8 @@ def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeyp
         outcome = runner.run_on_cluster(KubeflowApi(), arguments, "eval/test/mAP", parent, echo=True)
     declared = set(submitted["ir"]["root"]["inputDefinitions"]["parameters"])
     assert set(submitted["arguments"]) <= declared, set(submitted["arguments"]) - declared
-    assert submitted["arguments"]["lambda_g"] == cfg.loss.lambda_g and submitted["experiment"] == "anet-veri776"
+    assert "lambda_g" not in submitted["arguments"] and submitted["experiment"] == "anet-veri776"  # config_json only
+    assert ExperimentConfig.from_json(submitted["arguments"]["config_json"]).loss.lambda_g == cfg.loss.lambda_g
     said = [r.getMessage() for r in caplog.records]
     assert [s for s in ("PENDING", "RUNNING", "FAILED") if any(f"r-1: {s}" in m for m in said)] == [
         "PENDING", "RUNNING", "FAILED"]
@@ -165,3 +166,29 @@ def test_compile_cli_places_train_tasks_and_names_the_image_every_task_runs(tmp_
         assert env["ANET_IMAGE_REF"] == executor["container"]["image"] == "reg.local/anet@sha256:" + "a" * 64
     with pytest.raises(SystemExit):
         main(["--output", str(out), "--toleration", "no-effect"])
+
+
+def test_dag_and_prepare_component_carry_exactly_the_declared_run_settings(compiled):
+    """RunSettings is the one declaration: the DAG's signature, the prepare component's parameters and
+    the compiled IR's inputs name every run setting with its type, optional and unset by default."""
+    import inspect
+    from typing import get_args
+
+    from anet.config import RUN_SETTING_KEYS, RunSettings, config_value, resolve_config
+    from components.prepare_data import prepare_data
+    from pipelines.dag import anet_dag
+
+    declared = {name: set(get_args(f.annotation)) for name, f in RunSettings.model_fields.items()}
+    for where, func in (("pipelines/dag.py anet_dag", anet_dag), ("components/prepare_data.py", prepare_data.python_func)):
+        params = inspect.signature(func).parameters
+        found = {n: set(get_args(p.annotation)) for n, p in params.items() if n in declared}
+        assert found == declared, f"{where}: run settings drifted from anet.config.RunSettings"
+        assert all(params[n].default is None for n in declared), where
+    _, ir, _ = compiled
+    inputs = ir["root"]["inputDefinitions"]["parameters"]
+    kinds = {float: "NUMBER_DOUBLE", int: "NUMBER_INTEGER"}
+    for name, types in declared.items():
+        (kind,) = types - {type(None)}
+        assert inputs[name] == {"isOptional": True, "parameterType": kinds[kind]}, name
+    cfg = resolve_config("smoke")  # every declared key exists in the config, at any depth
+    assert all(config_value(cfg, key) is not None for keys in RUN_SETTING_KEYS.values() for key in keys)

@@ -17,6 +17,7 @@ attribute class counts) are passed to builders as arguments.
 from anet.config.resolve import (
     RUN_SETTING_KEYS,
     RunSettings,
+    config_value,
     load_config,
     parse_overrides,
     profile_path,
@@ -43,5 +44,5 @@ from anet.config.validation import ConfigError
 
 __all__ = ["CONFIG_DIR", "METRIC_NAMES", "RUN_SETTING_KEYS", "TEST_SETS", "AugmentCfg", "ConfigError", "DataCfg",
            "DatasetName", "EvalCfg", "ExperimentConfig", "Feature", "LossCfg", "ModelCfg", "RegistryCfg",
-           "RunSettings", "RuntimeCfg", "StageCfg", "SyntheticCfg", "load_config", "parse_overrides",
+           "RunSettings", "RuntimeCfg", "StageCfg", "SyntheticCfg", "config_value", "load_config", "parse_overrides",
            "profile_path", "resolve_config"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from anet.config.schema import CONFIG_DIR, ExperimentConfig, _Frozen
 from anet.config.validation import ConfigError, unknown_key_message, validate
@@ -53,21 +53,31 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
-class RunSettings(_Frozen):
-    """The pipeline's typed run parameters; ``None`` keeps the profile's value.
+def _sets(*keys: str, doc: str) -> Any:
+    """A run setting's field: unset (``None``) keeps the profile's value; set, it writes ``keys``."""
+    return Field(None, description=doc, json_schema_extra={"sets": list(keys)})
 
-    Each field names the config key it sets (:data:`RUN_SETTING_KEYS`), so ``lambda_g`` in the DAG's
-    signature, the sweep's suggestion and ``cfg.loss.lambda_g`` in the criterion are one name.
+
+class RunSettings(_Frozen):
+    """The pipeline's typed run settings, declared once; ``None`` keeps the profile's value.
+
+    This class is the one declaration: the DAG's signature and the prepare component's parameters
+    carry exactly these names and types (``tests/test_pipeline_compile.py`` fails when they drift),
+    and each field names the dotted config keys it sets, so ``lambda_g`` in the DAG's signature, the
+    sweep's suggestion and ``cfg.loss.lambda_g`` in the criterion are one name. A new run setting is
+    one field here (plus the same parameter on the DAG and the component, which the test demands).
     """
 
-    lambda_a: float | None = None
-    lambda_g: float | None = None
-    lambda_van: float | None = None
-    lr: float | None = None
-    epochs: int | None = None
-    eval_every: int | None = None
-    seed: int | None = None
-    promotion_margin: float | None = None
+    lambda_a: float | None = _sets("loss.lambda_a", doc="weight of the attribute loss terms")
+    lambda_g: float | None = _sets("loss.lambda_g", doc="weight of the re-ID loss terms on g_map")
+    lambda_van: float | None = _sets("loss.lambda_van", doc="weight of the vanilla re-ID loss terms on f_map")
+    lr: float | None = _sets("stage_one.lr", doc="stage-one base learning rate")
+    epochs: int | None = _sets("stage_one.epochs", doc="stage-one epochs")
+    eval_every: int | None = _sets("stage_one.eval_every", "stage_two.eval_every",
+                                   doc="evaluate every N epochs in both stages (0: at the end only)")
+    seed: int | None = _sets("runtime.seed", doc="the run's random seed")
+    promotion_margin: float | None = _sets("registry.promotion_margin",
+                                           doc="how much better a challenger must be to become champion")
 
     def as_overrides(self) -> dict[str, Any]:
         """``{dotted config key: value}`` for every field that is set."""
@@ -78,12 +88,22 @@ class RunSettings(_Frozen):
         return out
 
 
-RUN_SETTING_KEYS: dict[str, tuple[str, ...]] = {
-    "lambda_a": ("loss.lambda_a",), "lambda_g": ("loss.lambda_g",), "lambda_van": ("loss.lambda_van",),
-    "lr": ("stage_one.lr",), "epochs": ("stage_one.epochs",),
-    "eval_every": ("stage_one.eval_every", "stage_two.eval_every"), "seed": ("runtime.seed",),
-    "promotion_margin": ("registry.promotion_margin",),
-}
+def _setting_keys(name: str) -> tuple[str, ...]:
+    extra = RunSettings.model_fields[name].json_schema_extra
+    assert isinstance(extra, dict)  # every field is declared through _sets
+    return tuple(extra["sets"])  # type: ignore[arg-type]
+
+
+RUN_SETTING_KEYS: dict[str, tuple[str, ...]] = {name: _setting_keys(name) for name in RunSettings.model_fields}
+"""Run setting name -> the dotted config keys it sets (derived from :class:`RunSettings`)."""
+
+
+def config_value(cfg: BaseModel, dotted: str) -> Any:
+    """The value at a dotted key of any depth, e.g. ``config_value(cfg, "data.synthetic.render_size")``."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def resolve_config(profile: str, overrides: Mapping[str, Any] | None = None, settings: RunSettings | None = None,

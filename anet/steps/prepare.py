@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from anet.config import ExperimentConfig, RunSettings, resolve_config
+from anet.config import RUN_SETTING_KEYS, ExperimentConfig, RunSettings, config_value, resolve_config
 from anet.data.cache import PreparedDataset, prepare_dataset
 from anet.data.manifest import Manifest
 from anet.data.readers import read_dataset
@@ -87,8 +87,9 @@ def step_config(config_json: str | None, profile: str, dataset: str | None, over
                 settings: RunSettings | None, data_root: str | None, cache_root: str | None) -> ExperimentConfig:
     """The run's config: the JSON a driver resolved, or the profile + typed parameters (a UI run).
 
-    With ``config_json``, typed parameters may accompany it (kfp.local needs every parameter) but
-    must agree with it; ``overrides`` must then be empty.
+    With ``config_json``, the config is that JSON: a run setting given beside it (kfp.local needs every
+    parameter, :func:`pipelines.run.kfp_local_settings`) must agree with the value at its first config
+    key; ``overrides`` must be empty.
     """
     if not config_json:
         return resolve_config(profile, overrides, settings, dataset=dataset, data_root=data_root,
@@ -96,11 +97,11 @@ def step_config(config_json: str | None, profile: str, dataset: str | None, over
     cfg = ExperimentConfig.from_json(config_json)
     if overrides:
         raise UserError("prepare: config_json is already resolved; pass overrides to the driver instead")
-    flat = cfg.model_dump()
-    for key, value in (settings.as_overrides() if settings else {}).items():
-        section, name = key.split(".")
-        if flat[section][name] != value:
-            raise UserError(f"prepare: parameter {key}={value!r} disagrees with config_json ({flat[section][name]!r})")
+    for name, value in (settings.model_dump(exclude_none=True) if settings else {}).items():
+        key = RUN_SETTING_KEYS[name][0]  # a setting reads back from its first key (eval_every: stage_one's)
+        if config_value(cfg, key) != value:
+            raise UserError(f"prepare: parameter {name}={value!r} disagrees with config_json ({key}="
+                            f"{config_value(cfg, key)!r}); leave it unset or pass it to the driver instead")
     return cfg
 
 
