@@ -14,5 +14,7 @@ from __future__ import annotations
 
 import os
 
+from anet.contract import IMAGE_ENV
+
 DEFAULT_IMAGE = "ghcr.io/anet-pipeline/anet:0.1.0"
-IMAGE = os.environ.get("ANET_IMAGE", DEFAULT_IMAGE)
+IMAGE = os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)

@@ -18,6 +18,7 @@ from typing import Any
 import kfp
 
 from anet import steps
+from anet.contract import IMAGE_REF_ENV
 from anet.errors import UserError
 from pipelines.compile import compile_pipeline
 from pipelines.outcome import TASK_NAMES, PipelineOutcome, make_outcome
@@ -31,8 +32,8 @@ IMAGE_RECORD = Path(".cache/image/image.ref")  # written by `make image PUSH=1`:
 
 def pinned_ref() -> str | None:
     """The image every task should run: ``$ANET_IMAGE_REF``, else the digest ``make image PUSH=1`` pushed."""
-    if os.environ.get("ANET_IMAGE_REF"):
-        return os.environ["ANET_IMAGE_REF"]
+    if os.environ.get(IMAGE_REF_ENV):
+        return os.environ[IMAGE_REF_ENV]
     return IMAGE_RECORD.read_text().strip() if IMAGE_RECORD.is_file() else None
 
 

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import yaml
 
+from anet.contract import IMAGE_REF_ENV, SECRETS
 from components import IMAGE
-from pipelines.dag import SECRETS, Placement, make_pipeline
+from pipelines.dag import Placement, make_pipeline
 
 CURRENT_BACKEND = (2, 15)  # the oldest backend that honours every field of the default form
 OLDEST_BACKEND = (2, 2)
@@ -132,8 +133,8 @@ def _set_image(ir: dict, image: str) -> None:
         if "container" in executor:
             container = executor["container"]
             container["image"] = image
-            env = [e for e in container.get("env", []) if e.get("name") != "ANET_IMAGE_REF"]
-            container["env"] = [*env, {"name": "ANET_IMAGE_REF", "value": image}]
+            env = [e for e in container.get("env", []) if e.get("name") != IMAGE_REF_ENV]
+            container["env"] = [*env, {"name": IMAGE_REF_ENV, "value": image}]
 
 
 def _set_optional_secrets(platform: dict, optional: set[str], required: set[str], drop_others: bool) -> None:

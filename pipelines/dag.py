@@ -3,9 +3,11 @@
 One DAG for both places it runs. ``kfp.local`` ignores the Kubernetes platform settings (GPU
 requests, secrets, PVC mounts), so they are always applied; a cluster honours them:
 
-* the two train tasks request ``gpus`` NVIDIA GPUs, CPU and memory, retry twice (cluster only:
-  kfp.local honours retries too, so ``make_pipeline(cluster=False)`` leaves them out), and get
-  ``ANET_NPROC=<gpus>`` (the train step re-launches itself under ``torchrun`` when it is > 1);
+* the two train tasks request ``gpus`` NVIDIA GPUs, CPU and memory, retry twice and resume from
+  ``ANET_CHECKPOINT_ROOT`` on the PVC (cluster only: kfp.local honours retries too and has no PVC,
+  so ``make_pipeline(cluster=False)`` leaves both out), and get ``ANET_NPROC=<gpus>`` (the train
+  step re-launches itself under ``torchrun`` when it is > 1); every name shared with the steps and
+  the image is a constant in :mod:`anet.contract`;
 * credentials come only from Kubernetes secrets (never a literal in the YAML):
   ``anet-s3`` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL: DVC remote and S3),
   ``anet-mlflow`` (MLFLOW_TRACKING_URI), optional ``anet-mlflow-auth`` (MLFLOW_TRACKING_USERNAME,
@@ -37,6 +39,18 @@ from typing import Optional
 from kfp import dsl, kubernetes
 
 from anet.config import RunSettings
+from anet.contract import (
+    CACHE_PVC,
+    CHECKPOINT_ROOT,
+    CHECKPOINT_ROOT_ENV,
+    CLUSTER_CACHE_ROOT,
+    EXPECT_GPUS_ENV,
+    NPROC_ENV,
+    PVC_MOUNT,
+    SECRETS,
+    SHM_MOUNT,
+    SHM_SIZE,
+)
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.register_model import register_model
@@ -44,17 +58,6 @@ from components.train import train
 from pipelines.trainjob import node_settings
 
 PIPELINE_NAME = "anet-pipeline"
-PVC_MOUNT = "/mnt/anet"
-CLUSTER_CACHE_ROOT = f"{PVC_MOUNT}/cache"
-CHECKPOINT_ROOT = f"{PVC_MOUNT}/checkpoints"  # a retried train task resumes from its last.pt here
-SHM_SIZE = "16Gi"
-SECRETS: dict[str, tuple[dict[str, str], bool]] = {  # secret name -> (key -> env var, optional)
-    "anet-s3": ({k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}, False),
-    "anet-mlflow": ({"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}, False),
-    "anet-mlflow-auth": ({k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}, True),
-    # sweeps: the Optuna storage URL with its credentials (train steps report to their trial)
-    "anet-optuna": ({"OPTUNA_STORAGE": "OPTUNA_STORAGE"}, True),
-}
 
 
 def _platform(task: dsl.PipelineTask, cache_pvc: str, secrets: dict, cpu: str, memory: str) -> None:
@@ -96,12 +99,20 @@ def _place(task: dsl.PipelineTask, placement: Placement) -> None:
 @dataclass(frozen=True)
 class TrainShape:
     """What a compiled DAG fixes for its train tasks: ``gpus`` each, ``nodes`` (> 1: a TrainJob),
-    ``retries`` (0 locally: kfp.local honours them and a failing step must stop the run at once)."""
+    ``retries`` (0 locally: kfp.local honours them and a failing step must stop the run at once),
+    ``checkpoint_root`` (the PVC folder a retried task resumes from; ``None`` locally, where no
+    PVC exists and the steps keep checkpoints in their own outputs)."""
 
     gpus: int = 1
     retries: int = 2
     placement: Placement = field(default_factory=Placement)
     nodes: int = 1
+    checkpoint_root: str | None = CHECKPOINT_ROOT
+
+
+def _checkpoint_root(task: dsl.PipelineTask, shape: TrainShape) -> None:
+    if shape.checkpoint_root:
+        task.set_env_variable(CHECKPOINT_ROOT_ENV, shape.checkpoint_root)
 
 
 def _train_settings(task: dsl.PipelineTask, cache_pvc: str, display_name: str, shape: TrainShape) -> None:
@@ -113,18 +124,18 @@ def _train_settings(task: dsl.PipelineTask, cache_pvc: str, display_name: str, s
     task.set_display_name(display_name)
     if nodes > 1:  # the pod only launches and follows the job: no GPU, no placement of its own
         node_settings(task, nodes, gpus, placement.node_selector, placement.tolerations)
-        task.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)
+        _checkpoint_root(task, shape)
         if retries:
             task.set_retry(num_retries=retries, backoff_duration="60s")
         return
     if gpus > 0:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
-        task.set_env_variable("ANET_EXPECT_GPUS", str(gpus))
+        task.set_env_variable(EXPECT_GPUS_ENV, str(gpus))
     if gpus > 1:  # NCCL needs more /dev/shm than a pod's 64 MB default
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path=SHM_MOUNT, medium="Memory",
                                    size_limit=SHM_SIZE)
-    task.set_env_variable("ANET_NPROC", str(max(gpus, 1)))
-    task.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)
+    task.set_env_variable(NPROC_ENV, str(max(gpus, 1)))
+    _checkpoint_root(task, shape)
     _place(task, placement)
     if retries:
         task.set_retry(num_retries=retries, backoff_duration="60s")
@@ -149,7 +160,7 @@ def anet_dag(
     trial: dict = {},
     data_root: Optional[str] = None,
     cache_root: str = CLUSTER_CACHE_ROOT,
-    cache_pvc: str = "anet-cache",
+    cache_pvc: str = CACHE_PVC,
     promote: bool = True,
 ) -> str:
     """The DAG; ``make_pipeline`` binds ``shape`` and kfp sees every other parameter.
@@ -175,7 +186,7 @@ def anet_dag(
     ev = evaluate(config_json=resolved, prepared=prep.outputs["prepared"], model=two.outputs["model"],
                   mlflow_parent_run_id=parent).set_display_name("evaluate")
     _platform(ev, cache_pvc, SECRETS, cpu="4", memory="16G")
-    ev.set_env_variable("ANET_CHECKPOINT_ROOT", CHECKPOINT_ROOT)  # it removes the run's retry checkpoints
+    _checkpoint_root(ev, shape)  # it removes the run's retry checkpoints
     reg = register_model(config_json=resolved, dataset=dataset, evaluation_json=ev.outputs["Output"],
                          model=two.outputs["model"], mlflow_parent_run_id=parent, promote=promote)
     reg.set_display_name("register model")
@@ -187,10 +198,12 @@ def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | No
     """The pipeline :func:`anet_dag` with ``gpus`` per train task (> 1 runs DDP via torchrun); ``nodes``
     > 1 trains each stage as a Kubeflow Trainer TrainJob of ``nodes`` x ``gpus`` (docker/README.md).
 
-    ``cluster=False`` drops the retry policy: kfp.local honours it (with its backoff), and locally a
-    failing step must stop the run at once. Every other platform setting is ignored by kfp.local.
+    ``cluster=False`` drops the retry policy (kfp.local honours it, with its backoff, and locally a
+    failing step must stop the run at once) and the PVC checkpoint root (no PVC exists there). Every
+    other platform setting is ignored by kfp.local.
     """
-    shape = TrainShape(gpus=gpus, retries=2 if cluster else 0, placement=placement or Placement(), nodes=nodes)
+    shape = TrainShape(gpus=gpus, retries=2 if cluster else 0, placement=placement or Placement(), nodes=nodes,
+                       checkpoint_root=CHECKPOINT_ROOT if cluster else None)
     bound = functools.partial(anet_dag, shape)  # kfp reads the signature without ``shape``
     bound.__name__, bound.__doc__ = "anet_pipeline", anet_dag.__doc__  # type: ignore[attr-defined]
     return dsl.pipeline(name=PIPELINE_NAME, description="AttributeNet vehicle re-ID: prepare, two-stage "

@@ -43,14 +43,14 @@ from anet.config import (
     parse_overrides,
     resolve_config,
 )
+from anet.contract import CLUSTER_CACHE_ROOT
 from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
 from anet.mlops import doctor, liveness, s3, tracking
 from anet.mlops.pretrained import resolve_model_weights
 from anet.steps.preflight import check_run_paths
-from anet.steps.train_step import LOCAL_RUN_ENV
 from pipelines.cluster import kfp_client, run_on_cluster
-from pipelines.dag import CLUSTER_CACHE_ROOT, local_pipeline
+from pipelines.dag import local_pipeline
 from pipelines.outcome import PipelineOutcome, failure_reason, format_summary, make_outcome, step_lines
 
 log = logging.getLogger("pipelines.run")
@@ -176,18 +176,11 @@ def _run_locally(arguments: dict[str, Any], primary: str, parent: str, root: Pat
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        saved = os.environ.get(LOCAL_RUN_ENV)
-        os.environ[LOCAL_RUN_ENV] = "1"  # the steps keep checkpoints in their own outputs, not on /mnt/anet
-        try:
+        try:  # local_pipeline sets no PVC checkpoint root: the steps keep checkpoints in their outputs
             with step_lines() as lines:  # kfp.local prints each step's log through this process
                 summary, error = json.loads(local_pipeline(**arguments).output), None
         except RuntimeError as exc:  # kfp.local's way of saying that a task failed
             summary, error = {}, failure_reason(parent, str(exc), lines.last)
-        finally:  # only for this run's steps: a caller's later cluster-style work sees its own environment
-            if saved is None:
-                os.environ.pop(LOCAL_RUN_ENV, None)
-            else:
-                os.environ[LOCAL_RUN_ENV] = saved
     new = sorted((p for p in root.iterdir() if p.name not in before), key=lambda p: p.stat().st_mtime)
     _say(echo, f"pipeline finished in {time.monotonic() - started:.0f} s")
     return make_outcome(summary, error, primary, parent, str(new[-1]) if new else None)

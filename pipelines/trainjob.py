@@ -22,6 +22,8 @@ from collections.abc import Mapping
 
 from kfp import dsl
 
+from anet.contract import NNODES_ENV, NODE_PLACEMENT_ENV, NODE_RESOURCES_ENV, NPROC_ENV
+
 NODE_CPU = "8"
 NODE_MEMORY = "32G"
 LAUNCHER_CPU = "1"
@@ -48,8 +50,8 @@ def node_settings(task: dsl.PipelineTask, nodes: int, gpus: int, node_selector: 
                   tolerations: tuple[str, ...]) -> None:
     """Turn a train task into the launcher of a ``nodes`` x ``gpus`` TrainJob."""
     task.set_cpu_request(LAUNCHER_CPU).set_memory_request(LAUNCHER_MEMORY)
-    task.set_env_variable("ANET_NNODES", str(nodes))
-    task.set_env_variable("ANET_NPROC", str(max(gpus, 1)))
-    task.set_env_variable("ANET_NODE_RESOURCES", json.dumps(node_resources(gpus), sort_keys=True))
-    task.set_env_variable("ANET_NODE_PLACEMENT", json.dumps(node_placement(node_selector, tolerations),
-                                                            sort_keys=True))
+    task.set_env_variable(NNODES_ENV, str(nodes))
+    task.set_env_variable(NPROC_ENV, str(max(gpus, 1)))
+    task.set_env_variable(NODE_RESOURCES_ENV, json.dumps(node_resources(gpus), sort_keys=True))
+    task.set_env_variable(NODE_PLACEMENT_ENV, json.dumps(node_placement(node_selector, tolerations),
+                                                         sort_keys=True))

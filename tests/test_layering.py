@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = {"mlflow", "boto3", "botocore", "dvc", "optuna", "kfp"}
 # anet's rooms, lowest first; rooms on one line may not import each other.
 ORDER: list[tuple[str, ...]] = [
-    ("errors", "io", "logs"),
+    ("errors", "io", "logs", "contract"),
     ("config",),
     ("model",),
     ("losses",),
@@ -33,7 +33,7 @@ ORDER: list[tuple[str, ...]] = [
     ("cli",),
     ("__main__",),
 ]
-CORE = ("errors", "io", "logs", "config", "model", "losses", "fastreid_losses", "data", "train", "evaluation", "synthetic")
+CORE = ("errors", "io", "logs", "contract", "config", "model", "losses", "fastreid_losses", "data", "train", "evaluation", "synthetic")
 PROJECT = ("anet", "components", "pipelines")
 
 

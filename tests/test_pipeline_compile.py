@@ -192,3 +192,12 @@ def test_dag_and_prepare_component_carry_exactly_the_declared_run_settings(compi
         assert inputs[name] == {"isOptional": True, "parameterType": kinds[kind]}, name
     cfg = resolve_config("smoke")  # every declared key exists in the config, at any depth
     assert all(config_value(cfg, key) is not None for keys in RUN_SETTING_KEYS.values() for key in keys)
+
+
+def test_the_image_provides_what_the_contract_names():
+    """docker/Dockerfile cannot import anet.contract: its mount point and baked-in variables are checked here."""
+    from anet.contract import BUILD_DATE_ENV, GIT_COMMIT_ENV, PVC_MOUNT
+
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    for name in (PVC_MOUNT, f"{GIT_COMMIT_ENV}=", f"{BUILD_DATE_ENV}="):
+        assert name in dockerfile, f"docker/Dockerfile lacks {name} (anet/contract.py)"

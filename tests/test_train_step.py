@@ -7,8 +7,9 @@ import torch
 
 from anet import steps
 from anet.config import resolve_config
+from anet.contract import CHECKPOINT_ROOT_ENV
 from anet.errors import UserError
-from anet.steps.train_step import LOCAL_RUN_ENV, check_gpus, remove_run_checkpoints, stage_dir
+from anet.steps.train_step import check_gpus, remove_run_checkpoints, stage_dir
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: nothing is missing")
@@ -22,8 +23,7 @@ def test_requested_gpus_that_are_not_visible_fail_the_step():
 def test_a_retried_train_task_resumes_from_the_checkpoint_root(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("ANET_CHECKPOINT_ROOT", str(tmp_path / "pvc" / "checkpoints"))
-    monkeypatch.delenv(LOCAL_RUN_ENV, raising=False)
+    monkeypatch.setenv(CHECKPOINT_ROOT_ENV, str(tmp_path / "pvc" / "checkpoints"))
     cfg = resolve_config("smoke", data_root=str(tmp_path / "data"), cache_root=str(tmp_path / "cache"))
     prep = steps.prepare_data(str(tmp_path / "prep"), config_json=cfg.to_json(), open_parent_run=True)
     parent = prep["parent_run_id"]
@@ -43,9 +43,21 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_root(tmp_path, monkeyp
 
 
 def test_checkpoints_live_on_the_pvc_only_on_a_cluster(tmp_path, monkeypatch):
+    """Only the DAG compiled for a cluster names the PVC checkpoint root; the steps use it when set."""
+    import yaml
+    from kfp import compiler
+
+    from pipelines.dag import make_pipeline
+
+    for cluster in (True, False):
+        path = tmp_path / f"cluster-{cluster}.yaml"
+        compiler.Compiler().compile(make_pipeline(gpus=0, cluster=cluster), str(path))
+        executors = next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]
+        named = {e: {v["name"] for v in spec["container"].get("env", [])} for e, spec in executors.items()}
+        assert {e for e, names in named.items() if CHECKPOINT_ROOT_ENV in names} == (
+            {"exec-train", "exec-train-2", "exec-evaluate"} if cluster else set()), cluster
     root = tmp_path / "pvc" / "checkpoints"
-    monkeypatch.setenv("ANET_CHECKPOINT_ROOT", str(root))
-    monkeypatch.delenv(LOCAL_RUN_ENV, raising=False)
+    monkeypatch.setenv(CHECKPOINT_ROOT_ENV, str(root))
     assert stage_dir(tmp_path / "out", "stage_one", "run1") == root / "run1" / "stage_one"
     assert stage_dir(tmp_path / "out", "stage_one", None) == tmp_path / "out"  # no run to resume under
     for run in ("run1", "run2"):
@@ -56,7 +68,7 @@ def test_checkpoints_live_on_the_pvc_only_on_a_cluster(tmp_path, monkeypatch):
     remove_run_checkpoints(None)
     remove_run_checkpoints("..")  # never a folder outside the root
     assert sorted(p.name for p in root.iterdir()) == ["run2"] and (tmp_path / "pvc").is_dir()
-    monkeypatch.setenv(LOCAL_RUN_ENV, "1")  # kfp.local: the task env names /mnt/anet, which is not a PVC here
+    monkeypatch.delenv(CHECKPOINT_ROOT_ENV)  # kfp.local, the CLI: no PVC, checkpoints stay in the output
     assert stage_dir(tmp_path / "out", "stage_one", "run2") == tmp_path / "out"
     remove_run_checkpoints("run2")
     assert (root / "run2" / "stage_one" / "last.pt").is_file()

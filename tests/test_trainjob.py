@@ -22,7 +22,6 @@ from anet.config import resolve_config
 from anet.errors import UserError
 from anet.steps import trainjob_run
 from anet.steps.prepare import prepare_data
-from anet.steps.train_step import LOCAL_RUN_ENV
 from anet.steps.trainjob import JobPlan, job_name, torchrun_command, trainjob_manifest
 from pipelines.compile import compile_pipeline
 from pipelines.dag import Placement
@@ -148,7 +147,6 @@ def _launch_args(tmp_path: Path) -> dict[str, Any]:
 
 def test_the_launcher_replaces_a_failed_job_and_reports_a_failure_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("ANET_CHECKPOINT_ROOT", str(tmp_path / "pvc"))
-    monkeypatch.delenv(LOCAL_RUN_ENV, raising=False)
     args, name = _launch_args(tmp_path), job_name("run0123456789", "stage_one")
     work = tmp_path / "pvc" / "run0123456789" / "stage_one"
 
@@ -218,7 +216,6 @@ def test_a_train_step_with_nodes_launches_the_job_and_publishes_rank_0s_checkpoi
     monkeypatch.setenv("ANET_CHECKPOINT_ROOT", str(tmp_path / "pvc"))
     monkeypatch.setenv("ANET_NNODES", "2")
     monkeypatch.setenv("ANET_NPROC", "1")
-    monkeypatch.delenv(LOCAL_RUN_ENV, raising=False)
     work = tmp_path / "pvc" / "run0123456789" / "stage_one"
 
     def rank0_trains(manifest: dict) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from anet.contract import BUILD_DATE_ENV, GIT_COMMIT_ENV, IMAGE_REF_ENV
 from anet.errors import UserError
 
 UNKNOWN_COMMIT = "unknown"
@@ -39,7 +40,7 @@ def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str:
     repo = Path(repo_dir) if repo_dir is not None else default_repo_dir()
     head = _git(repo, "rev-parse", "--verify", "HEAD")
     if head is None:  # the image has no .git: its build baked the commit in (docker/Dockerfile)
-        return os.environ.get("ANET_GIT_COMMIT") or UNKNOWN_COMMIT
+        return os.environ.get(GIT_COMMIT_ENV) or UNKNOWN_COMMIT
     status = _git(repo, "status", "--porcelain", "--untracked-files=no")
     return f"{head}+dirty" if status else head
 
@@ -89,7 +90,7 @@ def lineage_tags(repo_dir: str | os.PathLike[str] | None = None, fingerprint: st
     build's date), ``data.fingerprint`` when known. ``dvc.data_hash`` is added by the prepare step
     only once it has checked that the data on disk is what DVC tracks (:func:`anet.mlops.dvc.verified_data_hash`)."""
     tags = {"git.commit": git_commit(repo_dir)}
-    for env, tag in (("ANET_IMAGE_REF", "image.ref"), ("ANET_BUILD_DATE", "image.build_date")):
+    for env, tag in ((IMAGE_REF_ENV, "image.ref"), (BUILD_DATE_ENV, "image.build_date")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     if fingerprint:

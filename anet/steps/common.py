@@ -16,15 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from anet.contract import DESCRIPTOR, PRUNED_MARKER, RESULT_FILE
 from anet.errors import UserError
 from anet.io import atomic_write_text
 from anet.logs import setup_logging
 from anet.mlops.step_tracking import record_step_failure
 from anet.steps.pipeline_run import close_if_opened_by_pipeline
 
-DESCRIPTOR = "descriptor.json"
-PRUNED_MARKER = "PRUNED"
-RESULT_FILE = "result.json"
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from anet.config import ExperimentConfig
+from anet.contract import CHECKPOINT_ROOT_ENV, EXPECT_GPUS_ENV, NNODES_ENV, NPROC_ENV
 from anet.data.cache import PreparedDataset
 from anet.errors import UserError
 from anet.evaluation.in_training import make_eval_fn
@@ -53,13 +54,13 @@ def train(config_json: str, dataset_descriptor: str, stage_name: str, out_dir: s
     args = dict(config_json=config_json, dataset_descriptor=dataset_descriptor, stage_name=stage_name,
                 out_dir=out_dir, init_from=init_from, parent_run_id=parent_run_id, trial_json=trial_json)
     cfg = ExperimentConfig.from_json(config_json)
-    check_gpus(int(os.environ.get("ANET_EXPECT_GPUS", "0") or 0))
+    check_gpus(int(os.environ.get(EXPECT_GPUS_ENV, "0") or 0))
     check_world(cfg)  # before any work: no download, no torchrun, no data read
     if _nodes() > 1 and "LOCAL_RANK" not in os.environ and not (init_from and is_pruned(init_from)):
         return _train_on_nodes(args)
     # resolved before torchrun starts, so every rank finds the weights already in the cache
     weights = resolve_model_weights(cfg.model) if not init_from else None
-    nproc = int(os.environ.get("ANET_NPROC", "1") or 1)
+    nproc = int(os.environ.get(NPROC_ENV, "1") or 1)
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _train_distributed(nproc, args)
     out = Path(out_dir)
@@ -106,14 +107,14 @@ def check_gpus(expected: int) -> None:
 
 
 def _nodes() -> int:
-    return int(os.environ.get("ANET_NNODES", "1") or 1)
+    return int(os.environ.get(NNODES_ENV, "1") or 1)
 
 
 def _train_on_nodes(args: dict[str, Any]) -> dict[str, Any]:
     """``ANET_NNODES`` > 1: this pod launches a Kubeflow Trainer TrainJob and publishes rank 0's final.pt."""
     from anet.steps.trainjob_run import train_on_nodes  # lazy: it imports this module; kubernetes client
 
-    summary = train_on_nodes(args, _nodes(), int(os.environ.get("ANET_NPROC", "1") or 1))
+    summary = train_on_nodes(args, _nodes(), int(os.environ.get(NPROC_ENV, "1") or 1))
     out = Path(args["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     if summary.get("checkpoint"):
@@ -123,7 +124,7 @@ def _train_on_nodes(args: dict[str, Any]) -> dict[str, Any]:
 
 def check_world(cfg: ExperimentConfig) -> None:
     """The global batch must split over ``ANET_NNODES`` x ``ANET_NPROC`` ranks (one line otherwise)."""
-    nnodes, nproc = (int(os.environ.get(name, "1") or 1) for name in ("ANET_NNODES", "ANET_NPROC"))
+    nnodes, nproc = (int(os.environ.get(name, "1") or 1) for name in (NNODES_ENV, NPROC_ENV))
     check_divides(cfg.data.p_ids, cfg.data.k_imgs, nnodes * nproc, f"{nnodes} node(s) x {nproc} process(es)")
 
 
@@ -135,15 +136,11 @@ def describe_device(cfg: ExperimentConfig) -> str:
     return f"CPU, {torch.get_num_threads()} threads ({cfg.runtime.precision})"
 
 
-LOCAL_RUN_ENV = "ANET_KFP_LOCAL"  # set by pipelines.run for kfp.local: the DAG's PVC paths do not exist here
-
-
 def checkpoint_root() -> Path | None:
-    """The PVC folder of retry checkpoints (``$ANET_CHECKPOINT_ROOT``, set by the compiled DAG); None in a
-    kfp.local run, whose task env carries the same variable but which has no PVC (``/mnt/anet`` would be
-    a system folder on the user's machine, written as root or refused, and never cleaned)."""
-    root = os.environ.get("ANET_CHECKPOINT_ROOT")
-    return Path(root) if root and not os.environ.get(LOCAL_RUN_ENV) else None
+    """The PVC folder of retry checkpoints (``$ANET_CHECKPOINT_ROOT``, which only the DAG compiled for a
+    cluster sets); None otherwise (kfp.local, the CLI): checkpoints stay in the step's own output."""
+    root = os.environ.get(CHECKPOINT_ROOT_ENV)
+    return Path(root) if root else None
 
 
 def stage_dir(out: Path, stage_name: str, parent_run_id: str | None) -> Path:

@@ -22,14 +22,24 @@ import os
 import shlex
 from typing import Any
 
+from anet.contract import (
+    EXPECT_GPUS_ENV,
+    NNODES_ENV,
+    NODE_PLACEMENT_ENV,
+    NODE_RESOURCES_ENV,
+    NPROC_ENV,
+    PVC_MOUNT,
+    SHM_MOUNT,
+    SHM_SIZE,
+    TRAINJOB_ENV,
+)
+
 API_GROUP = "trainer.kubeflow.org"
 API_VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 DEFAULT_RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer installs
 NODE = "node"  # the runtime's replicated job and container that run the trainer
 PATCH_MANAGER = "anet.pipeline/train-step"
-PVC_MOUNT = "/mnt/anet"  # where the DAG mounts the cache PVC (pipelines.dag.PVC_MOUNT)
-SHM_SIZE = "16Gi"
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
 MIRRORED_PREFIXES = ("ANET_", "MLFLOW_", "AWS_", "OPTUNA_")  # env the ranks need from the step's pod
 
@@ -64,7 +74,7 @@ def trainjob_manifest(plan: JobPlan, pod: dict[str, Any]) -> dict[str, Any]:
     container = _step_container(pod)
     command = torchrun_command("$PET_NNODES", str(plan.gpus), "$PET_MASTER_ADDR:$PET_MASTER_PORT", plan.name,
                                plan.args_file, plan.python)
-    resources = json.loads(_env_value(container, "ANET_NODE_RESOURCES") or "{}")
+    resources = json.loads(_env_value(container, NODE_RESOURCES_ENV) or "{}")
     trainer: dict[str, Any] = {
         "image": container["image"],
         "command": ["bash", "-c", "exec " + " ".join(_quote(part) for part in command)],
@@ -105,13 +115,13 @@ def _env_value(container: dict[str, Any], name: str) -> str | None:
 def _mirrored_env(container: dict[str, Any], plan: JobPlan) -> list[dict[str, Any]]:
     """Secret-backed env (as references, never values) and the ``ANET_*``/tracking settings; the ranks
     train in place (``ANET_NNODES``/``ANET_NPROC`` say the world size, GPUs are expected per node)."""
-    own = {"ANET_NNODES": str(plan.nodes), "ANET_NPROC": str(plan.gpus), "ANET_TRAINJOB": plan.name,
-           **({"ANET_EXPECT_GPUS": str(plan.gpus)} if _gpu_count(container) else {})}
+    own = {NNODES_ENV: str(plan.nodes), NPROC_ENV: str(plan.gpus), TRAINJOB_ENV: plan.name,
+           **({EXPECT_GPUS_ENV: str(plan.gpus)} if _gpu_count(container) else {})}
     env = []
     for entry in container.get("env") or []:
         name = entry.get("name", "")
         secret = (entry.get("valueFrom") or {}).get("secretKeyRef")
-        if name in own or name in ("ANET_NODE_RESOURCES", "ANET_NODE_PLACEMENT"):
+        if name in own or name in (NODE_RESOURCES_ENV, NODE_PLACEMENT_ENV):
             continue
         if secret:
             env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})
@@ -121,7 +131,7 @@ def _mirrored_env(container: dict[str, Any], plan: JobPlan) -> list[dict[str, An
 
 
 def _gpu_count(container: dict[str, Any]) -> int:
-    resources = json.loads(_env_value(container, "ANET_NODE_RESOURCES") or "{}")
+    resources = json.loads(_env_value(container, NODE_RESOURCES_ENV) or "{}")
     return int(resources.get("nvidia.com/gpu", 0))
 
 
@@ -143,8 +153,8 @@ def _runtime_patch(pod: dict[str, Any], container: dict[str, Any], plan: JobPlan
     pod_spec: dict[str, Any] = {"volumes": [*pvc_volumes, {"name": "dshm", "emptyDir": {"medium": "Memory",
                                                                                          "sizeLimit": SHM_SIZE}}],
                                 "containers": [{"name": NODE, "volumeMounts": [*mounts, {"name": "dshm",
-                                                                                         "mountPath": "/dev/shm"}]}]}
-    placement = json.loads(_env_value(container, "ANET_NODE_PLACEMENT") or "{}")
+                                                                                         "mountPath": SHM_MOUNT}]}]}
+    placement = json.loads(_env_value(container, NODE_PLACEMENT_ENV) or "{}")
     if placement.get("nodeSelector"):
         pod_spec["nodeSelector"] = placement["nodeSelector"]
     if placement.get("tolerations"):
