@@ -155,3 +155,23 @@ def test_the_declared_order_names_every_room():
     rooms = {_room(f) for f in _py_files("anet")}
     declared = {r for rooms_ in ORDER for r in rooms_}
     assert rooms <= declared, f"undeclared rooms: {sorted(rooms - declared)}"
+
+
+def test_no_module_imports_the_package_it_belongs_to():
+    """A package's ``__init__`` may import its modules; a module importing its own package back is a
+    cycle (the dataset readers once needed a lazy import to break one: their helpers now live in
+    ``anet.data.readers.common``). Lazy imports count too."""
+    offenders = []
+    for f in _py_files("anet"):
+        if f.name in ("__init__.py", "__main__.py"):  # __main__: an entry point, no package imports it
+            continue
+        own = ".".join(f.relative_to(ROOT).parent.parts)
+        submodules = {p.stem for p in f.parent.glob("*.py")} | {p.name for p in f.parent.iterdir() if p.is_dir()}
+        for node, _ in _import_nodes(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == own and node.level == 0:
+                names = [a.name for a in node.names if a.name not in submodules]
+            else:
+                names = [m for m in _modules(node) if m == own]
+            if names:
+                offenders.append(f"{f.relative_to(ROOT)}:{node.lineno} imports {', '.join(names)} from {own}")
+    assert offenders == []

@@ -30,8 +30,15 @@ from collections import Counter
 from pathlib import Path
 
 from anet.data.manifest import Manifest, build_manifest
-from anet.data.readers import check_images, check_root, iter_lines, line_error, read_id_names, require_file
 from anet.data.readers.checks import Row, check_disjoint, dedupe, first_lines
+from anet.data.readers.common import (
+    check_images,
+    check_root,
+    iter_lines,
+    line_error,
+    read_id_names,
+    require_file,
+)
 from anet.errors import UserError
 
 _TEST_LIST_RE = re.compile(r"^test_list_(\d+)\.txt$")

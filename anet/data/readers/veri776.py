@@ -28,7 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 from anet.data.manifest import Manifest, build_manifest
-from anet.data.readers import (
+from anet.data.readers.checks import Row, check_disjoint, dedupe, first_lines
+from anet.data.readers.common import (
     check_images,
     check_root,
     decode_error,
@@ -37,7 +38,6 @@ from anet.data.readers import (
     read_id_names,
     require_file,
 )
-from anet.data.readers.checks import Row, check_disjoint, dedupe, first_lines
 from anet.errors import UserError
 
 VERI_COLORS = ("yellow", "orange", "green", "gray", "red", "blue", "white", "golden", "brown", "black")

@@ -33,8 +33,8 @@ from collections import Counter
 from pathlib import Path
 
 from anet.data.manifest import Manifest, build_manifest
-from anet.data.readers import check_images, check_root, iter_lines, line_error, require_file
 from anet.data.readers.checks import Row, check_disjoint, dedupe, first_lines
+from anet.data.readers.common import check_images, check_root, iter_lines, line_error, require_file
 from anet.errors import UserError
 
 TEST_SETS = (("3000", "small"), ("5000", "medium"), ("10000", "large"))
