@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mlflow_server import mlflow_server
 
 from anet.errors import UserError
 from anet.mlops import doctor, lock, registry, tracking
@@ -28,24 +27,19 @@ HEARTBEAT_S = 1.0  # a beat may take up to 2 s to land on this busy 2-core machi
 METRIC = "eval/test/mAP"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-lock")) as url:
-        yield url
-
-
 @pytest.fixture
-def uri(server, monkeypatch):
-    for name in [n for n in os.environ if n.startswith(("MLFLOW_", "ANET_"))]:
+def uri(mlflow_uri, monkeypatch):
+    """The module's server (conftest.py), with a short lock heartbeat and no ``ANET_*`` from the shell."""
+    for name in [n for n in os.environ if n.startswith("ANET_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv(lock.HEARTBEAT_ENV, str(HEARTBEAT_S))
-    return tracking.configure(server)
+    return mlflow_uri
 
 
 @pytest.fixture(scope="module")
-def logged(server):
+def logged(mlflow_url):
     """One logged model to register again and again."""
-    tracking.configure(server)
+    tracking.configure(mlflow_url)
     parent = tracking.start_parent_run("lock-models", "lock-test", None, "")
     with tracking.start_step_run(parent, "register") as run_id:
         model_uri = tracking.log_model(torch.nn.Linear(4, 2), input_example=np.zeros((1, 4), np.float32))

@@ -1,6 +1,6 @@
 """Model registry: champion/challenger aliases, margin, decision tags, manual promotion, races.
 
-Runs against ONE real ``mlflow server`` per module (sqlite backend, local artifacts); the last test
+Runs against ONE real ``mlflow server`` per module (``mlflow_url`` in conftest.py: sqlite, local artifacts); the last test
 uses MLflow's embedded default store (``sqlite:///<cwd>/mlflow.db``) with no server at all.
 """
 
@@ -13,7 +13,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from mlflow_server import mlflow_server
 
 from anet.cli import registry as commands
 from anet.errors import UserError
@@ -21,19 +20,6 @@ from anet.mlops import registry, tracking
 
 pytestmark = pytest.mark.integration
 METRIC = "eval/test/mAP"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-registry")) as url:
-        yield url
-
-
-@pytest.fixture
-def uri(server, monkeypatch):
-    for name in [n for n in os.environ if n.startswith("MLFLOW_")]:
-        monkeypatch.delenv(name)
-    return tracking.configure(server)
 
 
 def _log_tiny_model(dataset: str) -> tuple[str, str]:
@@ -46,8 +32,8 @@ def _log_tiny_model(dataset: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def logged(server):
-    tracking.configure(server)
+def logged(mlflow_url):
+    tracking.configure(mlflow_url)
     return _log_tiny_model("registry-models")
 
 
@@ -71,7 +57,7 @@ def _tags(dataset, version):
     return MlflowClient().get_model_version(registry.model_name(dataset), version).tags
 
 
-def test_first_champion_then_kept_then_promoted(uri, logged):
+def test_first_champion_then_kept_then_promoted(mlflow_uri, logged):
     first = _register(logged, "seq", 0.5)
     assert (first.decision, first.is_champion, first.champion_version) == ("first-champion", True, None)
     assert _aliases("seq") == {"champion": first.version, "challenger": first.version}
@@ -94,7 +80,7 @@ def test_first_champion_then_kept_then_promoted(uri, logged):
     assert [v.version for v in registry.list_versions("seq")] == ["1", "2", "3"]
 
 
-def test_margin_and_ties_do_not_move_the_champion(uri, logged):
+def test_margin_and_ties_do_not_move_the_champion(mlflow_uri, logged):
     assert _register(logged, "margin", 0.50, margin=0.05).decision == "first-champion"
     assert _register(logged, "margin", 0.53, margin=0.05).decision == "kept-champion"
     moved = _register(logged, "margin", 0.56, margin=0.05)
@@ -103,7 +89,7 @@ def test_margin_and_ties_do_not_move_the_champion(uri, logged):
     assert tie.decision == "kept-champion" and _aliases("margin")["champion"] == moved.version
 
 
-def test_metrics_measured_on_other_data_are_never_compared(uri, logged):
+def test_metrics_measured_on_other_data_are_never_compared(mlflow_uri, logged):
     first = _register(logged, "otherdata", 0.40)
     wild = _register(logged, "otherdata", 0.90, fingerprint="e2" * 32)  # another profile's validation split
     assert (wild.decision, wild.is_champion) == ("other-data", False)
@@ -117,7 +103,7 @@ def test_metrics_measured_on_other_data_are_never_compared(uri, logged):
     assert _aliases("otherdata")["champion"] == wild.version
 
 
-def test_missing_metrics(uri, logged):
+def test_missing_metrics(mlflow_uri, logged):
     no_metric = _register(logged, "nometric", None)
     assert (no_metric.decision, no_metric.is_champion) == ("no-metric", False)
     assert "champion" not in _aliases("nometric")  # a model is never promoted without its metric
@@ -130,7 +116,7 @@ def test_missing_metrics(uri, logged):
     assert _tags("nometric", new.version)["promotion.champion_value"] == "none"
 
 
-def test_registration_without_promotion_then_applied(uri, logged):
+def test_registration_without_promotion_then_applied(mlflow_uri, logged):
     trial = _register(logged, "nopromo", 0.5, promote=False)
     assert (trial.decision, trial.is_champion) == ("registered", False)
     assert "would be first-champion" in trial.note and trial.as_dict()["champion"] is False
@@ -140,7 +126,7 @@ def test_registration_without_promotion_then_applied(uri, logged):
     assert _tags("nopromo", trial.version)["promotion.decision"] == "first-champion"
 
 
-def test_manual_promotion_rollback_and_cli(uri, logged, capsys):
+def test_manual_promotion_rollback_and_cli(mlflow_uri, logged, capsys):
     v1 = _register(logged, "synthetic", 0.5)
     v2 = _register(logged, "synthetic", 0.7)
     assert v2.is_champion
@@ -155,10 +141,10 @@ def test_manual_promotion_rollback_and_cli(uri, logged, capsys):
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["registry", "promote", "--dataset", "synthetic", "--version", v2.version,
-                              "--reason", "forward again", "--tracking-uri", uri])
+                              "--reason", "forward again", "--tracking-uri", mlflow_uri])
     assert args.func(args) == 0
     assert _aliases("synthetic")["champion"] == v2.version
-    args = parser.parse_args(["registry", "show", "--dataset", "synthetic", "--tracking-uri", uri])
+    args = parser.parse_args(["registry", "show", "--dataset", "synthetic", "--tracking-uri", mlflow_uri])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert f"champion -> v{v2.version} (was v{v1.version})" in out
@@ -166,14 +152,14 @@ def test_manual_promotion_rollback_and_cli(uri, logged, capsys):
                for line in out.splitlines())
 
     args = parser.parse_args(["registry", "promote", "--dataset", "synthetic", "--version", "7",
-                              "--tracking-uri", uri])
+                              "--tracking-uri", mlflow_uri])
     with pytest.raises(UserError, match=r"^registered model anet-synthetic has no version 7; versions: 1, 2$"):
         args.func(args)
     with pytest.raises(UserError, match=r"no registered model anet-veri776 at http://127\.0\.0\.1"):
         registry.promote("veri776", 1)
 
 
-def test_concurrent_registrations_agree_on_one_champion(uri, logged):
+def test_concurrent_registrations_agree_on_one_champion(mlflow_uri, logged):
     values = [0.30, 0.55, 0.90, 0.70, 0.10, 0.60]
     barrier = threading.Barrier(len(values))
     decisions: dict[float, registry.Decision] = {}
