@@ -278,11 +278,11 @@ def coordinate(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             for proc in procs:
                 proc.terminate()
-            print("interrupted: rerun the same command to resume; finished trials are kept")
+            log.warning("interrupted: rerun the same command to resume; finished trials are kept")
             return 130
         failed = [p.returncode for p in procs if p.returncode]
         if failed:
-            print(f"warning: {len(failed)} worker(s) exited with {failed}; see {out_dir}/worker-*.log")
+            log.warning("%d worker(s) exited with %s; see %s/worker-*.log", len(failed), failed, out_dir)
     return finish_sweep(study, args, out_dir)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from anet.io import atomic_path, atomic_write_text
 from anet.mlops import registry, tracking
 
 LAMBDAS = ("lambda_a", "lambda_g", "lambda_van")
+log = logging.getLogger("pipelines.sweep")
 
 
 def trials_table(study: Any) -> list[dict[str, Any]]:
@@ -68,7 +70,7 @@ def write_plots(study: Any, out_dir: Path) -> list[Path]:
             try:
                 make()
             except (ValueError, RuntimeError) as exc:  # e.g. importances when every value is equal
-                print(f"note: {name} skipped ({exc})")
+                log.info("%s skipped (%s)", name, exc)
                 plt.close("all")
                 continue
         with atomic_path(out_dir / name, suffix=".png") as tmp:
@@ -95,7 +97,7 @@ def log_to_mlflow(study: Any, args: argparse.Namespace, paths: list[Path]) -> st
                 mlflow.log_artifact(str(path), artifact_path="sweep")
             return run.info.run_id
     except Exception as exc:  # the sweep's results are on disk already; say why MLflow missed them
-        print(f"warning: sweep report not logged to MLflow: {str(exc).splitlines()[0]}")
+        log.warning("sweep report not logged to MLflow: %s", str(exc).splitlines()[0])
         return None
 
 
@@ -112,7 +114,7 @@ def offer_promotion(study: Any, args: argparse.Namespace) -> None:
     best = study.best_trial
     version = best.user_attrs.get("model_version")
     if not version:
-        print(f"best trial #{best.number} has no registered model version")
+        log.warning("best trial #%d has no registered model version", best.number)
         return
     cfg = resolve_config(args.profile, args.overrides, dataset=args.dataset)
     decision = registry.consider_promotion(

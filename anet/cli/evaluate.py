@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from anet.evaluation.run import evaluate_checkpoint
 from anet.steps.preflight import check_writable
 
 FEATURE_ARRAYS = ("query_feats", "query_ids", "query_cams", "gallery_feats", "gallery_ids", "gallery_cams")
+
+log = logging.getLogger("anet.cli.evaluate")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -140,6 +142,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(args.checkpoint, args.cache, cfg, args.out, device=args.device,
                               precision=args.precision)
     for line in out["warnings"]:
-        print(f"warning: {line}", file=sys.stderr)
+        log.warning("%s", line)
     print(json.dumps(_json_safe(out)))
     return 0
