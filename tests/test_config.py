@@ -123,3 +123,11 @@ def test_dotted_keys_work_at_any_depth():
     assert [config_value(cfg, k) for k in RUN_SETTING_KEYS["eval_every"]] == [2, 2]
     with pytest.raises(ConfigError, match="data.synthetic.sed"):
         resolve_config("smoke", {"data.synthetic.sed": 1})
+
+
+def test_render_size_and_image_size_are_two_names():
+    """data.synthetic.render_size is the renderer's square; data.image_size is what the model is fed."""
+    cfg = load_config("synthetic")
+    assert (cfg.data.synthetic.render_size, cfg.data.image_size) == (128, (64, 64))
+    with pytest.raises(ConfigError, match="render_size"):
+        load_config("synthetic", ["data.synthetic.image_size=96"])

@@ -40,7 +40,7 @@ PROFILE_SMALL = {
 def test_fastreid_profile_trains_both_stages_on_its_layout(tmp_path: Path, dataset: str) -> None:
     root = tmp_path / dataset
     WRITERS[dataset](render_dataset(SyntheticCfg(train_ids=8, test_ids=6, images_per_id=6, cameras=3,
-                                                 image_size=32, difficulty=0.3)), root)
+                                                 render_size=32, difficulty=0.3)), root)
     cfg = resolve_config(f"{dataset}-fastreid", SMALL | PROFILE_SMALL[dataset], data_root=str(root),
                          cache_root=str(tmp_path / "cache"))
     prepared = prepare_from_config(cfg, progress=False)

@@ -69,7 +69,7 @@ def _fake_veri(root: Path) -> Path:
     from anet.synthetic.generator import render_dataset
     from anet.synthetic.layouts import write_veri776
 
-    cfg = SyntheticCfg(train_ids=4, test_ids=2, images_per_id=2, cameras=2, image_size=32)
+    cfg = SyntheticCfg(train_ids=4, test_ids=2, images_per_id=2, cameras=2, render_size=32)
     return Path(write_veri776(render_dataset(cfg), root))
 
 

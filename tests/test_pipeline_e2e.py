@@ -38,7 +38,7 @@ def _fake_veri(root: Path) -> None:
     from anet.synthetic.layouts import write_veri776
 
     write_veri776(render_dataset(SyntheticCfg(train_ids=8, test_ids=6, images_per_id=6, cameras=3,
-                                              image_size=32, difficulty=0.3)), root)
+                                              render_size=32, difficulty=0.3)), root)
 
 
 @pytest.fixture(scope="module")

@@ -272,7 +272,7 @@ def test_data_import_passes_arguments_to_the_importer(monkeypatch, tmp_path, cap
     assert "rows: 3" in capsys.readouterr().out
 
 
-TINY = ["train_ids=3", "test_ids=3", "images_per_id=4", "cameras=3", "image_size=32"]
+TINY = ["train_ids=3", "test_ids=3", "images_per_id=4", "cameras=3", "render_size=32"]
 
 
 @pytest.mark.parametrize("layout", ["veri776", "veriwild", "vehicleid"])

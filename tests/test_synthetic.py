@@ -17,7 +17,7 @@ from anet.synthetic.calibrate import calibrate
 from anet.synthetic.generator import generate_synthetic, render_dataset
 from anet.synthetic.plan import COLOR_NAMES, MODELS, TYPE_NAMES, plan_identities
 
-SMALL = SyntheticCfg(train_ids=6, test_ids=6, images_per_id=6, cameras=3, image_size=48, seed=0)
+SMALL = SyntheticCfg(train_ids=6, test_ids=6, images_per_id=6, cameras=3, render_size=48, seed=0)
 
 
 @pytest.fixture(scope="module")

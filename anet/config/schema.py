@@ -29,7 +29,7 @@ class SyntheticCfg(_Frozen):
     test_ids: int = Field(60, ge=2)
     images_per_id: int = Field(12, ge=2)
     cameras: int = Field(6, ge=2)
-    image_size: int = Field(96, ge=32, le=1024)
+    render_size: int = Field(96, ge=32, le=1024)  # pixels of the rendered square (data.image_size: the model's input)
     difficulty: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = 0
 

@@ -90,7 +90,7 @@ def calibrate(cfg: SyntheticCfg) -> dict[str, Any]:
     """Render the test split and report oracle / raw-pixel / random mAP plus label statistics.
 
     Example:
-        >>> r = calibrate(SyntheticCfg(train_ids=6, test_ids=6, images_per_id=6, image_size=48))
+        >>> r = calibrate(SyntheticCfg(train_ids=6, test_ids=6, images_per_id=6, render_size=48))
         >>> 0.0 <= r["oracle"]["mAP"] <= 1.0
         True
     """

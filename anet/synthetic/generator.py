@@ -89,7 +89,7 @@ def iter_samples(cfg: SyntheticCfg, splits: Collection[str] | None = None) -> It
             if splits is not None and image.split not in splits:
                 continue
             rng = np.random.default_rng([cfg.seed, 12, ident.vid, image.index])
-            jpeg = render_vehicle_image(ident.details, cams[image.camid], cfg.image_size, cfg.difficulty,
+            jpeg = render_vehicle_image(ident.details, cams[image.camid], cfg.render_size, cfg.difficulty,
                                         cfg.seed, rng)
             yield SyntheticSample(ident.vid, image.camid, ident.color, ident.type, ident.model,
                                   image.split, jpeg, image.index)
@@ -99,7 +99,7 @@ def render_dataset(cfg: SyntheticCfg, *, splits: Collection[str] | None = None) 
     """Render the whole dataset in memory (deterministic: same cfg -> byte-identical JPEGs).
 
     Example:
-        >>> s = render_dataset(SyntheticCfg(train_ids=4, test_ids=4, images_per_id=4, image_size=48))
+        >>> s = render_dataset(SyntheticCfg(train_ids=4, test_ids=4, images_per_id=4, render_size=48))
         >>> len(s.samples), s.color_names[0]
         (32, 'yellow')
     """
@@ -129,8 +129,10 @@ def synthetic_frame(samples: SyntheticSet | list[SyntheticSample]) -> pd.DataFra
 
 
 def _stamp(cfg: SyntheticCfg) -> str:
-    return json.dumps({"generator_version": GENERATOR_VERSION, "cfg": cfg.model_dump(mode="json")},
-                      sort_keys=True)
+    fields = cfg.model_dump(mode="json")
+    # the stamp keeps the field's first name, so the DVC-tracked data/synthetic stays byte-identical
+    fields["image_size"] = fields.pop("render_size")
+    return json.dumps({"generator_version": GENERATOR_VERSION, "cfg": fields}, sort_keys=True)
 
 
 def _digest(cfg: SyntheticCfg) -> str:

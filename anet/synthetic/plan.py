@@ -178,7 +178,7 @@ def plan_cameras(cfg: SyntheticCfg) -> list[CameraSpec]:
             camid=c, yaw_center=start + 2 * math.pi * (c - 1) / cfg.cameras + float(rng.uniform(-0.3, 0.3)),
             yaw_spread=0.25 + 0.35 * d, p_opposite=float(rng.uniform(0.1, 0.45)),
             gain=float(rng.uniform(0.8, 1.15)), cast=tuple(float(x) for x in 1 + rng.uniform(-cast, cast, 3)),
-            blur=float(rng.uniform(0.0, 0.4 + 1.2 * d)) * cfg.image_size / 128,
+            blur=float(rng.uniform(0.0, 0.4 + 1.2 * d)) * cfg.render_size / 128,
             fill=float(rng.uniform(0.78, 0.95)), noise=float(rng.uniform(1.0, 3.0 + 4.0 * d)),
             sky=tuple(int(x) for x in rng.integers(60, 200, 3)),
             ground=tuple(int(x) for x in rng.integers(60, 110, 1).repeat(3) + rng.integers(-8, 8, 3)),

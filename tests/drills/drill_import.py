@@ -51,7 +51,7 @@ def archive(tmp_path_factory) -> tuple[Path, Path]:
     from anet.synthetic.layouts import write_veri776
 
     base = tmp_path_factory.mktemp("import-drill")
-    cfg = SyntheticCfg(train_ids=20, test_ids=10, images_per_id=8, cameras=3, image_size=32)
+    cfg = SyntheticCfg(train_ids=20, test_ids=10, images_per_id=8, cameras=3, render_size=32)
     src = Path(write_veri776(render_dataset(cfg), base / "VeRi"))
     path = base / "VeRi.tar.gz"
     with tarfile.open(path, "w:gz") as tf:

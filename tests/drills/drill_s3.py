@@ -33,7 +33,7 @@ def endpoint(tmp_path_factory) -> Iterator[str]:
     from anet.synthetic.layouts import write_veri776
 
     work = tmp_path_factory.mktemp("s3-drill")
-    write_veri776(render_dataset(SyntheticCfg(train_ids=4, test_ids=2, images_per_id=2, cameras=2, image_size=32)),
+    write_veri776(render_dataset(SyntheticCfg(train_ids=4, test_ids=2, images_per_id=2, cameras=2, render_size=32)),
                   work / "src" / "VeRi")
     archive = Path(shutil.make_archive(str(work / "VeRi"), "zip", work / "src"))
     cut = work / "VeRi-cut.zip"
