@@ -40,8 +40,8 @@ from typing import Any
 from anet.config import ExperimentConfig, RunSettings, parse_overrides, resolve_config
 from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
-from anet.mlops import liveness, tracking
-from anet.mlops.lineage import git_commit
+from anet.mlops.tracking import liveness, tracking
+from anet.mlops.tracking.lineage import git_commit
 from pipelines.ablation_report import (
     RowResult,
     find_ablation_run,

@@ -28,7 +28,7 @@ from anet.config import TEST_SETS
 from anet.errors import UserError, run_guarded
 from anet.io import atomic_write_text
 from anet.logs import setup_logging
-from anet.mlops import tracking
+from anet.mlops.tracking import tracking
 from pipelines.ablation_plot import plot_report
 from pipelines.ablation_rows import ROW_LABELS, ROW_ORDER, STEPS
 from pipelines.ablation_runs import read_runs

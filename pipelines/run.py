@@ -46,8 +46,10 @@ from anet.config import (
 from anet.contract import CLUSTER_CACHE_ROOT
 from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
-from anet.mlops import doctor, liveness, s3, tracking
-from anet.mlops.pretrained import resolve_model_weights
+from anet.mlops.registry import doctor
+from anet.mlops.storage import s3
+from anet.mlops.storage.pretrained import resolve_model_weights
+from anet.mlops.tracking import liveness, tracking
 from anet.steps.preflight import check_run_paths
 from pipelines.cluster import kfp_client, run_on_cluster
 from pipelines.dag import local_pipeline

@@ -32,8 +32,7 @@ from anet.config import RUN_SETTING_KEYS, ExperimentConfig, RunSettings, parse_o
 from anet.errors import UserError, run_guarded
 from anet.io import pid_alive
 from anet.logs import setup_logging
-from anet.mlops import tracking
-from anet.mlops.optuna_bridge import (
+from anet.mlops.sweeps.optuna_bridge import (
     STORAGE_ENV,
     TrialRef,
     cluster_storage_problem,
@@ -42,6 +41,7 @@ from anet.mlops.optuna_bridge import (
     redact,
     storage_url,
 )
+from anet.mlops.tracking import tracking
 from pipelines.run import run_pipeline
 from pipelines.sweep_report import finish_sweep
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from anet.config import resolve_config
 from anet.io import atomic_path, atomic_write_text
-from anet.mlops import registry, tracking
+from anet.mlops.registry import registry
+from anet.mlops.tracking import tracking
 
 LAMBDAS = ("lambda_a", "lambda_g", "lambda_van")
 log = logging.getLogger("pipelines.sweep")

@@ -28,7 +28,7 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def mlflow_uri(mlflow_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The module's server as this test's tracking URI, with no ``MLFLOW_*`` from the caller's shell."""
-    from anet.mlops import tracking
+    from anet.mlops.tracking import tracking
 
     for name in [n for n in os.environ if n.startswith("MLFLOW_")]:
         monkeypatch.delenv(name)

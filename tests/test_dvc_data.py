@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from anet.config import load_config
-from anet.mlops.dvc import verified_data_hash
+from anet.mlops.storage.dvc import verified_data_hash
 from anet.synthetic.generator import generate_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent

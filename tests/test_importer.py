@@ -14,7 +14,7 @@ import pytest
 
 from anet.data.archive import extract_archive
 from anet.errors import UserError
-from anet.mlops.importer import dvc, import_dataset
+from anet.mlops.storage.importer import dvc, import_dataset
 
 try:  # tests/ is not a package: plain `pytest` puts tests/ on sys.path, `python -m pytest` also the root
     from s3_server import free_port, moto_server, s3_env
@@ -120,7 +120,7 @@ def test_bad_layout_is_refused_before_the_move(tmp_path):
 
 
 def test_missing_credentials_and_unreachable_endpoint_are_one_line_errors():
-    from anet.mlops.s3 import check_endpoint
+    from anet.mlops.storage.s3 import check_endpoint
 
     dead = f"http://127.0.0.1:{free_port()}"
     with s3_env(dead, keys=False), pytest.raises(UserError) as err:
@@ -135,7 +135,7 @@ def test_missing_credentials_and_unreachable_endpoint_are_one_line_errors():
 def test_s3_import_push_delete_pull_round_trip(tmp_path):
     import boto3
 
-    from anet.mlops.s3 import check_endpoint, upload_file
+    from anet.mlops.storage.s3 import check_endpoint, upload_file
 
     src = _fake_veri(tmp_path / "src" / "VeRi")
     archive = shutil.make_archive(str(tmp_path / "VeRi"), "zip", tmp_path / "src")

@@ -91,7 +91,7 @@ def test_kfp_host_run_submits_ir_parameters_and_reports_the_failing_step(monkeyp
 
     from anet import steps
     from anet.config import ExperimentConfig, resolve_config
-    from anet.mlops.step_tracking import record_step_failure
+    from anet.mlops.tracking.step_tracking import record_step_failure
     from pipelines import cluster as runner
     from pipelines.run import dag_arguments
 

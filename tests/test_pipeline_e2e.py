@@ -105,7 +105,7 @@ def test_prepare_step_pulls_the_dataset_from_the_dvc_remote(project):
 def test_dag_runs_tracks_registers_and_promotes(project):
     from mlflow import MlflowClient
 
-    from anet.mlops.registry import champion_info
+    from anet.mlops.registry.registry import champion_info
 
     first = _run(WORSE)
     assert first.model_version == "1" and first.champion and first.primary_metric == "eval/val/mAP"

@@ -95,7 +95,7 @@ def test_the_choice_and_both_timings_reach_the_step_run_in_mlflow(tmp_path, monk
     import mlflow
     from mlflow import MlflowClient
 
-    from anet.mlops.callback import MlflowCallback
+    from anet.mlops.tracking.callback import MlflowCallback
     from anet.train.precision import PrecisionChoice
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

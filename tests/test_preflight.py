@@ -25,7 +25,7 @@ import pytest
 
 from anet.config import ConfigError, load_config
 from anet.errors import UserError
-from anet.mlops import s3
+from anet.mlops.storage import s3
 from anet.steps.preflight import check_run_paths, check_writable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import torch
 
 from anet.config import ModelCfg
 from anet.errors import UserError
-from anet.mlops.pretrained import (
+from anet.mlops.storage.pretrained import (
     IBN_NET_R50_URL,
     PINNED_SHA256,
     PretrainedWeights,
@@ -106,7 +106,7 @@ def test_local_path_is_used_in_place_and_lands_in_the_backbone(tmp_path):
 def test_url_is_downloaded_once_verified_and_reused_offline(tmp_path, caplog):
     served, ref = _weights_file(tmp_path / "www" / "v1.0")
     cache = tmp_path / "cache"
-    with _http_server(tmp_path / "www") as base, caplog.at_level("INFO", logger="anet.mlops.pretrained"):
+    with _http_server(tmp_path / "www") as base, caplog.at_level("INFO", logger="anet.mlops.storage.pretrained"):
         url = f"{base}/v1.0/{served.name}"
         weights = resolve_pretrained(url, cache_dir=cache)
     assert weights.path == cache_path(url, cache) and weights.path.read_bytes() == served.read_bytes()

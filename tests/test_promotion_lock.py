@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from anet.errors import UserError
-from anet.mlops import doctor, lock, registry, tracking
+from anet.mlops.registry import doctor, lock, registry
+from anet.mlops.tracking import tracking
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,8 @@ def _await_line(proc: subprocess.Popen) -> str:
 HOLDER = """
 import sys, time
 from mlflow import MlflowClient
-from anet.mlops import lock, registry, tracking
+from anet.mlops.registry import lock, registry
+from anet.mlops.tracking import tracking
 tracking.configure(sys.argv[1])
 registry._ensure_model(MlflowClient(), sys.argv[2])
 held = lock.PromotionLock(MlflowClient(), sys.argv[2])
@@ -138,7 +140,8 @@ def test_frozen_holder_loses_the_lock_by_its_lease_and_never_writes_again(uri):
 
 STUCK_REGISTRATION = """
 import sys, time
-from anet.mlops import registry, tracking
+from anet.mlops.registry import registry
+from anet.mlops.tracking import tracking
 
 def stuck(*args, **kwargs):
     print("registered", flush=True)

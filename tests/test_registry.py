@@ -16,7 +16,8 @@ import torch
 
 from anet.cli import registry as commands
 from anet.errors import UserError
-from anet.mlops import registry, tracking
+from anet.mlops.registry import registry
+from anet.mlops.tracking import tracking
 
 pytestmark = pytest.mark.integration
 METRIC = "eval/test/mAP"

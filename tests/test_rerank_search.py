@@ -15,7 +15,7 @@ import pytest
 from anet.cli import evaluate as commands
 from anet.errors import UserError
 from anet.evaluation.rerank import rerank_distances, rerank_metrics
-from anet.mlops.step_tracking import StepTracker
+from anet.mlops.tracking.step_tracking import StepTracker
 
 
 def _run_cli(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from anet.errors import UserError
-from anet.mlops.optuna_bridge import TrialRef, public_storage, storage_for
+from anet.mlops.sweeps.optuna_bridge import TrialRef, public_storage, storage_for
 from pipelines.sweep import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_parallel_sweep_on_postgres_mlflow_and_redis_journal(tmp_path, postgres_
     import optuna
     from mlflow_server import mlflow_server
 
-    from anet.mlops.optuna_bridge import open_storage
+    from anet.mlops.sweeps.optuna_bridge import open_storage
 
     with mlflow_server(tmp_path / "mlflow", backend_store_uri=postgres_database) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPTUNA_", "KFP_"))}

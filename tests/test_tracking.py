@@ -22,7 +22,7 @@ from s3_server import moto_server
 
 from anet.config import load_config
 from anet.errors import UserError
-from anet.mlops import lineage, record, tracking
+from anet.mlops.tracking import lineage, record, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,7 +114,7 @@ def uri(server, monkeypatch):
 
 STEP_SCRIPT = """
 import sys
-from anet.mlops import tracking
+from anet.mlops.tracking import tracking
 tracking.configure(sys.argv[1])
 with tracking.start_step_run(sys.argv[2], "train_stage_one") as run_id:
     callback = tracking.MlflowCallback()

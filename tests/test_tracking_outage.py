@@ -21,7 +21,8 @@ import pytest
 from mlflow_server import basic_auth_proxy, free_port, mlflow_server_handle
 
 from anet.errors import UserError
-from anet.mlops import doctor, endpoint, liveness, retry, tracking
+from anet.mlops.registry import doctor
+from anet.mlops.tracking import endpoint, liveness, retry, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cr@t!pw"
@@ -163,7 +164,7 @@ def test_short_outage_loses_no_metric(uri, server):
 LONG_OUTAGE_STEP = """
 import sys, time, pathlib
 from anet.errors import run_guarded
-from anet.mlops import tracking
+from anet.mlops.tracking import tracking
 
 def main():
     tracking.configure(sys.argv[1])
@@ -218,7 +219,7 @@ def test_long_outage_fails_the_step_in_one_line_and_the_doctor_closes_its_run(ur
 
 KILLED_DRIVER = """
 import sys, time
-from anet.mlops import tracking
+from anet.mlops.tracking import tracking
 tracking.configure(sys.argv[1])
 parent = tracking.start_parent_run("doctor", "killed-driver", None, "")
 with tracking.start_step_run(parent, "train_stage_one") as step:
@@ -258,7 +259,7 @@ def test_runs_of_a_killed_driver_are_closed_by_the_doctor(uri):
 
 SIGTERM_STEP = """
 import sys, time
-from anet.mlops import tracking
+from anet.mlops.tracking import tracking
 tracking.configure(sys.argv[1])
 with tracking.start_step_run(sys.argv[2], "train_stage_two") as step:
     print(step, flush=True)

@@ -19,8 +19,8 @@ from anet.config import load_config
 from anet.data.manifest import Manifest
 from anet.data.readers import read_dataset
 from anet.errors import UserError
-from anet.mlops.dvc import default_remote, dvc, dvc_root, verified_data_hash
-from anet.mlops.importer import import_dataset
+from anet.mlops.storage.dvc import default_remote, dvc, dvc_root, verified_data_hash
+from anet.mlops.storage.importer import import_dataset
 from anet.steps.preflight import check_writable
 from anet.synthetic.generator import generate_synthetic, render_dataset
 from anet.synthetic.layouts import write_layout

@@ -16,8 +16,8 @@ import argparse
 import typing
 
 from anet.config import DatasetName
-from anet.mlops.registry import list_versions, model_name, promote
-from anet.mlops.tracking import check_tracking_server, configure, redact_url
+from anet.mlops.registry.registry import list_versions, model_name, promote
+from anet.mlops.tracking.tracking import check_tracking_server, configure, redact_url
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

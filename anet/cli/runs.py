@@ -17,8 +17,8 @@ import sys
 import typing
 
 from anet.config import DatasetName
-from anet.mlops import doctor
-from anet.mlops.tracking import check_tracking_server, configure
+from anet.mlops.registry import doctor
+from anet.mlops.tracking.tracking import check_tracking_server, configure
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -29,7 +29,7 @@ import pandas as pd
 from anet.data.cache import PreparedDataset
 from anet.errors import UserError
 from anet.logs import setup_logging
-from anet.mlops.tracking import check_tracking_server, configure
+from anet.mlops.tracking.tracking import check_tracking_server, configure
 from anet.search.index import GalleryIndex, index_folder, index_split
 from anet.search.query import Filters, contact_sheet, embed_query, search
 from anet.search.rerank import load_graph

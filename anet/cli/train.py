@@ -20,7 +20,7 @@ from pathlib import Path
 from anet.config import load_config
 from anet.errors import UserError
 from anet.evaluation.in_training import make_eval_fn
-from anet.mlops.pretrained import pretrained_tags, resolve_model_weights
+from anet.mlops.storage.pretrained import pretrained_tags, resolve_model_weights
 from anet.steps.preflight import check_run_paths
 from anet.steps.prepare import prepare_from_config
 from anet.train.callbacks import JsonlLogCallback

@@ -122,9 +122,9 @@ class ModelCfg(_Frozen):
     s_f: int = Field(512, ge=8)
     s_a: int = Field(128, ge=8)
     s_j: int = Field(512, ge=8)
-    pretrained: str | None = None  # http(s):// URL, s3:// object or local path (anet.mlops.pretrained); none = scratch
+    pretrained: str | None = None  # http(s):// URL, s3:// object or local path (anet.mlops.storage.pretrained); none = scratch
     # full sha256 the weights file must have; only to accept a file other than the pinned release
-    # (anet.mlops.pretrained.PINNED_SHA256), e.g. a re-exported copy; none = the pinned/name check
+    # (anet.mlops.storage.pretrained.PINNED_SHA256), e.g. a re-exported copy; none = the pinned/name check
     pretrained_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     non_local: bool = False  # FastReID's non-local blocks (R50: after the last 2 of layer2, last 3 of layer3)
     maxpool: Literal["pad", "ceil"] = "pad"  # stem pooling: IBN-Net's (padding 1) or FastReID's (ceil mode)

@@ -161,7 +161,7 @@ def build_model(cfg: ModelCfg, num_ids: int, attr_classes: dict[str, int],
     """Build the variant named by ``cfg.variant``; load backbone weights from the local file ``pretrained``.
 
     ``cfg.pretrained`` names where weights come from (URL, path, s3://); the caller resolves it to a
-    local file first (``anet.mlops.pretrained``), so building a model never touches the network.
+    local file first (``anet.mlops.storage.pretrained``), so building a model never touches the network.
 
     Example:
         >>> model = build_model(cfg.model, num_ids=576, attr_classes={"color": 10, "type": 9})

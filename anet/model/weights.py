@@ -2,7 +2,7 @@
 
 Local files only (a path or a ``file://`` URL), always read with ``torch.load(weights_only=True)``;
 ``http(s)://`` and ``s3://`` sources are fetched and hash-checked beforehand by
-:func:`anet.mlops.pretrained.resolve_pretrained`, which returns the local path to pass here. Accepted files:
+:func:`anet.mlops.storage.pretrained.resolve_pretrained`, which returns the local path to pass here. Accepted files:
 
 * a plain state dict (IBN-Net v1.0 release ``resnet50_ibn_a-d9d0bb7b.pth``, torchvision ResNet);
 * ``{'state_dict': ...}`` whose keys may carry ``module.`` (IBN-Net 2018 ``.pth.tar``);
@@ -14,7 +14,7 @@ in ONE :class:`~anet.errors.UserError` line.
 
 Example:
     >>> backbone = build_backbone(50, ibn=True)
-    >>> weights = resolve_pretrained(IBN_NET_R50_URL)      # anet.mlops.pretrained: download once, verify
+    >>> weights = resolve_pretrained(IBN_NET_R50_URL)      # anet.mlops.storage.pretrained: download once, verify
     >>> load_backbone_weights(backbone, weights.path)
 """
 
@@ -55,7 +55,7 @@ def _read(source: str) -> object:
     scheme = urllib.parse.urlparse(source).scheme
     if scheme in {"http", "https", "s3"}:  # no network here: the caller resolves it first (pre-flight)
         raise UserError(f"{source}: load_backbone_weights reads local files only; resolve the source with "
-                        "anet.mlops.pretrained.resolve_pretrained and pass the returned path")
+                        "anet.mlops.storage.pretrained.resolve_pretrained and pass the returned path")
     path = Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)) if scheme == "file" \
         else Path(source).expanduser()
     if not path.is_file():

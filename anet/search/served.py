@@ -35,7 +35,7 @@ from anet.config import ExperimentConfig
 from anet.data.cache import COMPLETE, PreparedDataset
 from anet.errors import UserError
 from anet.evaluation.run import pick_feature
-from anet.mlops.models import log_code_model, pinned_requirements
+from anet.mlops.tracking.models import log_code_model, pinned_requirements
 from anet.model.checkpoint_io import load_model_from_checkpoint, read_checkpoint
 from anet.search.predictor import CHECKPOINT, FILES, IMAGE_COLUMN, PREPROCESS, VOCAB, ReidPredictor
 

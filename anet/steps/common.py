@@ -20,7 +20,7 @@ from anet.contract import DESCRIPTOR, PRUNED_MARKER, RESULT_FILE
 from anet.errors import UserError
 from anet.io import atomic_write_text
 from anet.logs import setup_logging
-from anet.mlops.step_tracking import record_step_failure
+from anet.mlops.tracking.step_tracking import record_step_failure
 from anet.steps.pipeline_run import close_if_opened_by_pipeline
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -13,7 +13,7 @@ from typing import Any
 from anet.config import ExperimentConfig
 from anet.errors import UserError
 from anet.evaluation.run import evaluate_checkpoint
-from anet.mlops.step_tracking import step_run
+from anet.mlops.tracking.step_tracking import step_run
 from anet.steps.common import checkpoint_in, is_pruned, read_descriptor, reported_step
 from anet.steps.train_step import remove_run_checkpoints
 

@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from anet.config import ExperimentConfig
-from anet.mlops import tracking
-from anet.mlops.step_tracking import run_tags, set_tags
+from anet.mlops.tracking import tracking
+from anet.mlops.tracking.step_tracking import run_tags, set_tags
 
 OPENED_BY = "anet.opened_by"  # "pipeline": the prepare step opened the parent run (no driver), so steps close it
 

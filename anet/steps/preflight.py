@@ -9,7 +9,7 @@ on an NFS share that squashes root, and a FUSE or object-store mount may refuse 
 probe meets what the run itself will meet.
 
 The values themselves (image size range, finite learning rates and loss weights) are checked by the
-config (:mod:`anet.config`); S3 endpoints by :func:`anet.mlops.s3.check_endpoint`.
+config (:mod:`anet.config`); S3 endpoints by :func:`anet.mlops.storage.s3.check_endpoint`.
 
 Example:
     >>> check_run_paths(cfg, outputs={"--out": Path("runs/demo")})

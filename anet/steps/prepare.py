@@ -19,9 +19,9 @@ from anet.data.readers import read_dataset
 from anet.data.validation import hold_out_validation
 from anet.errors import UserError
 from anet.io import atomic_write_text
-from anet.mlops.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks, verified_data_hash
-from anet.mlops.pretrained import resolve_model_weights
-from anet.mlops.step_tracking import step_run
+from anet.mlops.storage.dvc import default_remote, dvc_pull, dvc_root, dvc_tracks, verified_data_hash
+from anet.mlops.storage.pretrained import resolve_model_weights
+from anet.mlops.tracking.step_tracking import step_run
 from anet.steps.common import DESCRIPTOR, progress_enabled, reported_step
 from anet.steps.pipeline_run import OPENED_BY, start_pipeline_run
 from anet.steps.preflight import check_run_paths

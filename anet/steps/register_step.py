@@ -13,8 +13,9 @@ from typing import Any
 
 from anet.config import ExperimentConfig
 from anet.errors import UserError
-from anet.mlops import lineage, registry, tracking
-from anet.mlops.step_tracking import StepTracker, run_tags, step_run
+from anet.mlops.registry import registry
+from anet.mlops.tracking import lineage, tracking
+from anet.mlops.tracking.step_tracking import StepTracker, run_tags, step_run
 from anet.search import served
 from anet.steps.common import checkpoint_in, is_pruned, reported_step
 from anet.steps.pipeline_run import close_if_opened_by_pipeline

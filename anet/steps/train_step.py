@@ -24,9 +24,9 @@ from anet.data.cache import PreparedDataset
 from anet.errors import UserError
 from anet.evaluation.in_training import make_eval_fn
 from anet.io import atomic_path, atomic_write_text
-from anet.mlops.optuna_bridge import pruning_callback_from_json
-from anet.mlops.pretrained import PretrainedWeights, pretrained_tags, resolve_model_weights
-from anet.mlops.step_tracking import step_run
+from anet.mlops.storage.pretrained import PretrainedWeights, pretrained_tags, resolve_model_weights
+from anet.mlops.sweeps.optuna_bridge import pruning_callback_from_json
+from anet.mlops.tracking.step_tracking import step_run
 from anet.steps.common import (
     PRUNED_MARKER,
     RESULT_FILE,

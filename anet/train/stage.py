@@ -56,7 +56,7 @@ def check_pretrained_given(cfg: ExperimentConfig, init_from: str | Path | None, 
         return  # the checkpoint provides every weight
     if cfg.model.pretrained is not None and pretrained is None:
         raise UserError(f"model.pretrained={cfg.model.pretrained} names backbone weights but none were passed: "
-                        "resolve them first (anet.mlops.pretrained.resolve_model_weights(cfg.model)) and pass "
+                        "resolve them first (anet.mlops.storage.pretrained.resolve_model_weights(cfg.model)) and pass "
                         "pretrained=weights.path, or set model.pretrained=none to train from scratch")
     if cfg.model.pretrained is None and pretrained is not None:
         raise UserError(f"pretrained={pretrained} was passed but model.pretrained is none: set model.pretrained "
@@ -73,7 +73,7 @@ def run_stage(cfg: ExperimentConfig, prepared_dir: str | Path, stage_name: str, 
     ``pretrained`` (a local backbone weight file); a stage that freezes the f branch with neither
     is refused. ``provenance`` (e.g. the weights' source and sha256) is stored in every checkpoint.
     Without ``init_from``, ``pretrained`` must be given exactly when ``cfg.model.pretrained`` names
-    weights: this room cannot download or hash-check them (``anet.mlops.pretrained`` sits above it), so
+    weights: this room cannot download or hash-check them (``anet.mlops.storage.pretrained`` sits above it), so
     a config that names weights never trains from random ones silently.
     """
     stage = stage_cfg(cfg, stage_name)

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from anet.mlops import tracking
+from anet.mlops.tracking import tracking
 
 ROOT = Path(__file__).resolve().parents[2]
 

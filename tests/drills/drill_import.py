@@ -84,7 +84,7 @@ def _staging(repo: Path) -> list[str]:
 
 @pytest.mark.parametrize(("kill", "scenario"), SCHEDULE, ids=[k for k, _ in SCHEDULE])
 def test_kill_9_then_the_same_import_finishes(tmp_path, archive, drill, kill, scenario):
-    from anet.mlops.dvc import verified_data_hash
+    from anet.mlops.storage.dvc import verified_data_hash
 
     drill(scenario, EXPECT)
     path, src = archive
@@ -112,7 +112,7 @@ def test_staging_leftovers_of_dead_importers_are_removed_live_ones_kept(tmp_path
     drill("staging folders of dead, live and other hosts' importers at the next import",
           "a dead importer's (and another host's idle 6 h) removed; live ones kept")
     from anet.io import STALE_AFTER_S, host_tag
-    from anet.mlops.importer import remove_dead_staging
+    from anet.mlops.storage.importer import remove_dead_staging
 
     dead = subprocess.Popen(["true"])
     dead.wait()

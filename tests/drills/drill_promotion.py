@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from anet.mlops import lock, registry, tracking
+from anet.mlops.registry import lock, registry
+from anet.mlops.tracking import tracking
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC = "eval/test/mAP"
@@ -27,7 +28,8 @@ METRIC = "eval/test/mAP"
 KILLED_AFTER_MOVE = """
 import os, signal, sys
 from mlflow import MlflowClient
-from anet.mlops import registry, tracking
+from anet.mlops.registry import registry
+from anet.mlops.tracking import tracking
 tracking.configure(sys.argv[1])
 real = MlflowClient.set_registered_model_alias
 def set_alias(self, name, alias, version):

@@ -1,6 +1,6 @@
 """Writing into an MLflow run: params, metrics, artifacts, in batches, with credentials filtered.
 
-Used through :mod:`anet.mlops.tracking` (which re-exports every public name here)::
+Used through :mod:`anet.mlops.tracking.tracking` (which re-exports every public name here)::
 
     log_params(run_id, {"loss.lambda_a": 1.0, "aws_secret_access_key": "x"})   # the key is dropped
     log_metrics({"train/tri_f": 0.41}, step=3, run_id=run_id)
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from anet.mlops.endpoint import redact_url
+from anet.mlops.tracking.endpoint import redact_url
 
 MAX_PARAM_VALUE = 6000  # MLflow 3 limit on a param value (characters)
 MAX_PARAM_KEY = 250

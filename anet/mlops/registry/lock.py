@@ -41,7 +41,7 @@ import uuid
 from typing import Any
 
 from anet.errors import UserError
-from anet.mlops import liveness
+from anet.mlops.tracking import liveness
 
 PREFIX = "anet.lock."
 HEARTBEAT_ENV, WAIT_ENV = "ANET_LOCK_HEARTBEAT_S", "ANET_LOCK_WAIT_S"

@@ -7,7 +7,7 @@ run whose driver was killed (``kill -9``, OOM, a lost node) from one still in pr
     owner_alive(tags)           # True / False on this host; None when the owner is on another host
 
 The process start time (``/proc/<pid>/stat``, Linux) guards against a recycled pid. Liveness can
-only be checked on the same host; elsewhere the caller needs a lease (see ``anet.mlops.lock``).
+only be checked on the same host; elsewhere the caller needs a lease (see ``anet.mlops.registry.lock``).
 """
 
 from __future__ import annotations

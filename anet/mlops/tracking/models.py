@@ -6,7 +6,7 @@ and explicit pinned requirements (:func:`model_requirements`). :func:`log_code_m
 from code (the served re-ID model, :mod:`anet.search.served`): the code file, its artifacts, the
 project's package as ``code_paths`` and third-party requirements pinned to the installed versions
 (:func:`pinned_requirements`). MLflow and torch are imported inside functions only, so importing
-this module stays cheap; :mod:`anet.mlops.tracking` re-exports it.
+this module stays cheap; :mod:`anet.mlops.tracking.tracking` re-exports it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ moves the champion). The decision and both numbers are stored as version tags::
     decision.decision        # "first-champion" | "promoted" | "kept-champion" | "no-metric" | "other-data" | "registered"
     promote("synthetic", "2", reason="rollback: v3 regressed on night images")   # manual / rollback
 
-One guarded unit: take the promotion lock (:mod:`anet.mlops.lock`: tags on ``anet-<dataset>``
+One guarded unit: take the promotion lock (:mod:`anet.mlops.registry.lock`: tags on ``anet-<dataset>``
 itself, crash-safe), register the version (created with ``promotion.decision=pending``, in the
 same database write), set ``challenger``, decide, move ``champion``, tag the decision, release.
 If anything fails on the way the version is tagged ``promotion.decision=failed`` with the reason;
@@ -33,11 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from anet.mlops import retry
-from anet.mlops.endpoint import redact_url
-from anet.mlops.lock import PromotionLock
-from anet.mlops.record import safe_mapping
-from anet.mlops.versions import (  # noqa: F401 (public here)
+from anet.mlops.registry.lock import PromotionLock
+from anet.mlops.registry.versions import (  # noqa: F401 (public here)
     CHALLENGER,
     CHAMPION,
     VersionInfo,
@@ -50,6 +47,9 @@ from anet.mlops.versions import (  # noqa: F401 (public here)
     require_version,
     version_metric,
 )
+from anet.mlops.tracking import retry
+from anet.mlops.tracking.endpoint import redact_url
+from anet.mlops.tracking.record import safe_mapping
 
 MAX_ATTEMPTS = 5
 PENDING, FAILED = "pending", "failed"

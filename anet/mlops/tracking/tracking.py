@@ -16,16 +16,16 @@ Each kfp step runs in its own process, so the parent run id travels as a plain s
         train_stage(..., callbacks=[MlflowCallback()])        # train/<term> at step=epoch
     ...                                                         # in the register step's process:
     with start_step_run(parent, "register"):
-        model_uri = log_code_model(...)                       # anet.mlops.models
+        model_uri = log_code_model(...)                       # anet.mlops.tracking.models
     end_run(parent, "FINISHED")
 
-Outages (see :mod:`anet.mlops.retry`): one MLflow call gives up after a bounded retry budget;
+Outages (see :mod:`anet.mlops.tracking.retry`): one MLflow call gives up after a bounded retry budget;
 per-epoch metrics wait in memory (:class:`MlflowCallback`); a longer outage fails the step with one
 line naming the URL (credentials masked). Every run opened here ends FINISHED, FAILED (an error) or
 KILLED (Ctrl-C, SIGTERM); runs carry their driver's pid and host (``anet.driver_*`` tags), so
-:func:`anet.mlops.doctor.close_orphaned_runs` ends as KILLED those whose driver was killed outright.
+:func:`anet.mlops.registry.doctor.close_orphaned_runs` ends as KILLED those whose driver was killed outright.
 
-MLflow is imported inside functions only: ``import anet.mlops.tracking`` stays cheap.
+MLflow is imported inside functions only: ``import anet.mlops.tracking.tracking`` stays cheap.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from anet.errors import UserError
-from anet.mlops import lineage, liveness, retry
-from anet.mlops.callback import MlflowCallback  # noqa: F401 (public here)
-from anet.mlops.endpoint import check_tracking_server, export_credentials, redact_url  # noqa: F401
-from anet.mlops.models import log_model, model_requirements  # noqa: F401
-from anet.mlops.record import (  # noqa: F401 (the public logging API lives here for callers)
+from anet.mlops.tracking import lineage, liveness, retry
+from anet.mlops.tracking.callback import MlflowCallback  # noqa: F401 (public here)
+from anet.mlops.tracking.endpoint import check_tracking_server, export_credentials, redact_url  # noqa: F401
+from anet.mlops.tracking.models import log_model, model_requirements  # noqa: F401
+from anet.mlops.tracking.record import (  # noqa: F401 (the public logging API lives here for callers)
     BATCH,
     MAX_PARAM_KEY,
     MAX_PARAM_VALUE,
@@ -69,7 +69,7 @@ def configure(tracking_uri: str | None = None) -> str:
     refused (MLflow 3 keeps it in maintenance mode) unless ``MLFLOW_ALLOW_FILE_STORE=true``.
     ``user:password@`` in an http(s) URI moves to ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (sent as
     basic auth; inherited by step subprocesses) and the returned URI has none. MLflow's HTTP retries
-    are bounded by ``$ANET_MLFLOW_RETRY_BUDGET_S`` (:func:`anet.mlops.retry.apply_http_policy`).
+    are bounded by ``$ANET_MLFLOW_RETRY_BUDGET_S`` (:func:`anet.mlops.tracking.retry.apply_http_policy`).
 
     Example:
         >>> configure(None)                       # doctest: +SKIP
@@ -140,7 +140,7 @@ def start_parent_run(
     ``lineage.git_commit``, ``lineage.dvc_data_hash`` (and ``lineage.data_fingerprint`` when given;
     otherwise add it later with :func:`log_lineage`). The same lineage goes into tags
     (``git.commit``, ``dvc.data_hash``, ``data.fingerprint``), with this process as the driver
-    (``anet.driver_pid``/``_host``: :mod:`anet.mlops.doctor` ends the run once it is gone; pass
+    (``anet.driver_pid``/``_host``: :mod:`anet.mlops.registry.doctor` ends the run once it is gone; pass
     ``driver=False`` when this process is not the one that closes the run, e.g. a pipeline step
     opening it), and the full JSON into ``config/config.json``. An unreachable tracking server
     fails here, fast, as a UserError.
@@ -189,7 +189,7 @@ def log_lineage(run_id: str, fingerprint: str) -> None:
 
 def run_status(exc: BaseException | None) -> str:
     """The status a run ends with after ``exc``: FINISHED (None, ``sys.exit(0)``), KILLED (Ctrl-C,
-    SIGTERM as :class:`anet.mlops.liveness.Terminated`), FAILED (anything else)."""
+    SIGTERM as :class:`anet.mlops.tracking.liveness.Terminated`), FAILED (anything else)."""
     if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
         return "FINISHED"
     return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
@@ -199,7 +199,7 @@ def end_run(run_id: str, status: str = "FINISHED") -> bool:
     """Close a run (``FINISHED``, ``FAILED`` or ``KILLED``); False when the server is unreachable.
 
     An outage is logged, not raised (the caller is usually on its way out with an error of its
-    own); the run then stays RUNNING until :func:`anet.mlops.doctor.close_orphaned_runs` ends it.
+    own); the run then stays RUNNING until :func:`anet.mlops.registry.doctor.close_orphaned_runs` ends it.
     """
     from mlflow import MlflowClient
 
@@ -229,7 +229,7 @@ def start_step_run(parent_run_id: str, step_name: str, tags: Mapping[str, Any] |
     :func:`log_model` use it). It inherits the parent's non-``mlflow.*`` tags (lineage, optuna),
     gets ``mlflow.parentRunId``, ``anet.step`` and this process as its driver. It ends FINISHED,
     FAILED when the block raises, KILLED on Ctrl-C or SIGTERM (turned into
-    :class:`~anet.mlops.liveness.Terminated` inside the block). A tracking outage that outlasts
+    :class:`~anet.mlops.tracking.liveness.Terminated` inside the block). A tracking outage that outlasts
     the retry budget leaves the block as one ``UserError`` line naming the (masked) URL.
     """
     import mlflow

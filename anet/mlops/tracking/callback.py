@@ -1,7 +1,7 @@
 """Engine callback that logs per-epoch metrics to MLflow and rides out short tracking outages.
 
 Each epoch's values are queued in memory and sent at once; when the server cannot be reached (after
-the bounded retries of :mod:`anet.mlops.retry`) they stay queued and training goes on. The queue
+the bounded retries of :mod:`anet.mlops.tracking.retry`) they stay queued and training goes on. The queue
 is sent, in order and with the original timestamps, at the next attempt that reaches the server,
 and at the latest when the stage ends. Attempts during an outage are spaced by the retry budget,
 so a long outage does not slow every epoch down. An outage longer than
@@ -17,8 +17,8 @@ import logging
 import time
 from typing import Any
 
-from anet.mlops import record, retry
-from anet.mlops.endpoint import redact_url
+from anet.mlops.tracking import record, retry
+from anet.mlops.tracking.endpoint import redact_url
 from anet.train.callbacks import Callback
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 
 * ``none`` / null: train from scratch (:func:`resolve_pretrained` returns None);
 * an ``http(s)://`` URL, e.g. the IBN-Net release :data:`IBN_NET_R50_URL`;
-* an ``s3://bucket/key`` object (boto3 via :mod:`anet.mlops.s3`: ``AWS_*`` from the environment);
+* an ``s3://bucket/key`` object (boto3 via :mod:`anet.mlops.storage.s3`: ``AWS_*`` from the environment);
 * a local path or ``file://`` URL (used in place, never copied).
 
 Remote files are downloaded once into the cache directory (``$ANET_WEIGHTS_DIR``, else
@@ -46,7 +46,7 @@ from pathlib import Path, PurePosixPath
 from anet.config import ModelCfg
 from anet.errors import UserError
 from anet.io import atomic_path, sha256_file
-from anet.mlops import s3
+from anet.mlops.storage import s3
 
 log = logging.getLogger(__name__)
 

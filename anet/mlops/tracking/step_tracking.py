@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from anet.mlops import tracking
+from anet.mlops.tracking import tracking
 from anet.train.callbacks import Callback
 
 

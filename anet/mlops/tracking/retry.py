@@ -29,7 +29,7 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
 from anet.errors import UserError
-from anet.mlops.endpoint import redact_url
+from anet.mlops.tracking.endpoint import redact_url
 
 BUDGET_ENV, TIMEOUT_ENV, OUTAGE_ENV = "ANET_MLFLOW_RETRY_BUDGET_S", "ANET_MLFLOW_HTTP_TIMEOUT_S", "ANET_MLFLOW_MAX_OUTAGE_S"
 DEFAULT_BUDGET_S, DEFAULT_TIMEOUT_S, DEFAULT_MAX_OUTAGE_S = 30.0, 60, 300.0

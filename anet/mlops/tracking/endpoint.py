@@ -1,7 +1,7 @@
 """The tracking server's address: credentials kept out of URLs, messages and logs; a health check.
 
 A URI such as ``https://alice:s3cret@mlflow.example.org`` is split once, in
-:func:`anet.mlops.tracking.configure`: the user name and password go to
+:func:`anet.mlops.tracking.tracking.configure`: the user name and password go to
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (which the MLflow client sends as HTTP
 basic auth, and which step subprocesses inherit) and only ``https://mlflow.example.org`` is used
 as the tracking URI, so no MLflow error message can contain the password::

@@ -37,8 +37,8 @@ from anet.data.archive import extract_archive, is_archive
 from anet.data.readers import read_dataset
 from anet.errors import UserError
 from anet.io import STALE_AFTER_S, atomic_write_text, host_tag, pid_alive
-from anet.mlops.dvc import dvc, dvc_remotes, dvc_root
-from anet.mlops.s3 import check_endpoint, download_file, download_prefix
+from anet.mlops.storage.dvc import dvc, dvc_remotes, dvc_root
+from anet.mlops.storage.s3 import check_endpoint, download_file, download_prefix
 
 _JUNK = {"__MACOSX", ".DS_Store"}
 # .import-<dataset>-<host>-<pid>-<random>; before names carried the writer: .import-<dataset>-<random>

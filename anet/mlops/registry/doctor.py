@@ -2,7 +2,7 @@
 
 A run whose driver was killed (``kill -9``, OOM killer, a closed laptop) stays RUNNING forever in
 MLflow. Every run this pipeline opens is tagged with its driver (``anet.driver_pid``,
-``anet.driver_host``, ``anet.driver_started``: see :mod:`anet.mlops.liveness`), so::
+``anet.driver_host``, ``anet.driver_started``: see :mod:`anet.mlops.tracking.liveness`), so::
 
     report = close_orphaned_runs("synthetic")       # a dataset, or experiment ids
     report.closed                                   # run ids now KILLED
@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from anet.mlops import liveness, registry, retry
-from anet.mlops.lock import PromotionLock
-from anet.mlops.tracking import experiment_name
+from anet.mlops.registry import registry
+from anet.mlops.registry.lock import PromotionLock
+from anet.mlops.tracking import liveness, retry
+from anet.mlops.tracking.tracking import experiment_name
 
 logger = logging.getLogger(__name__)
 CLOSED_BY_TAG = "anet.closed_by"

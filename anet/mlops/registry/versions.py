@@ -1,6 +1,6 @@
 """Reading the registry: versions of ``anet-<dataset>``, their aliases, metrics and decisions.
 
-The write side (registration, promotion) is :mod:`anet.mlops.registry`, which re-exports the
+The write side (registration, promotion) is :mod:`anet.mlops.registry.registry`, which re-exports the
 public names here::
 
     champion_info("synthetic")            # VersionInfo of the champion, or None
@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from anet.errors import UserError
-from anet.mlops.endpoint import redact_url
-from anet.mlops.tracking import experiment_name
+from anet.mlops.tracking.endpoint import redact_url
+from anet.mlops.tracking.tracking import experiment_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 

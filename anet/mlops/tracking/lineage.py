@@ -3,7 +3,7 @@
 Every MLflow run and every registered model version carries these, so a number in a results table
 can be traced back to the exact code and data that produced it::
 
-    from anet.mlops.lineage import lineage_tags
+    from anet.mlops.tracking.lineage import lineage_tags
     lineage_tags(".", fingerprint=prepared.fingerprint)
     # {'git.commit': '014f7fc...', 'dvc.data_hash': '3b1f...dir', 'data.fingerprint': 'a9c2...'}
 
@@ -88,7 +88,7 @@ def lineage_tags(repo_dir: str | os.PathLike[str] | None = None, fingerprint: st
     """The lineage tags every run and model version carries: the commit, the image the steps ran in
     (``image.ref`` from ``$ANET_IMAGE_REF``, set on every task by ``pipelines.compile``, and the
     build's date), ``data.fingerprint`` when known. ``dvc.data_hash`` is added by the prepare step
-    only once it has checked that the data on disk is what DVC tracks (:func:`anet.mlops.dvc.verified_data_hash`)."""
+    only once it has checked that the data on disk is what DVC tracks (:func:`anet.mlops.storage.dvc.verified_data_hash`)."""
     tags = {"git.commit": git_commit(repo_dir)}
     for env, tag in ((IMAGE_REF_ENV, "image.ref"), (BUILD_DATE_ENV, "image.build_date")):
         if os.environ.get(env):

@@ -11,7 +11,7 @@ re-attaches to that RUNNING trial to report per-epoch validation mAP and to ask 
 
 Optuna does not store the pruner with the study, so the trial reference carries its spec and the
 training step rebuilds the same pruner explicitly (a plain ``load_study`` would silently fall back
-to a default ``MedianPruner``). Optuna is imported lazily; ``import anet.mlops.optuna_bridge`` is
+to a default ``MedianPruner``). Optuna is imported lazily; ``import anet.mlops.sweeps.optuna_bridge`` is
 cheap.
 """
 

@@ -1,0 +1,3 @@
+"""The model registry: versions and the champion (``registry``), the promotion lock (``lock``), reading
+versions (``versions``), cleaning up after dead drivers (``doctor``).
+"""

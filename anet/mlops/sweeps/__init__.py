@@ -1,0 +1,2 @@
+"""Optuna on both sides of a pipeline run (``optuna_bridge``).
+"""
