@@ -98,7 +98,11 @@ def test_the_choice_and_both_timings_reach_the_step_run_in_mlflow(tmp_path, monk
     from anet.mlops.tracking.callback import MlflowCallback
     from anet.train.precision import PrecisionChoice
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # set, not only the env var: an earlier test's mlflow.set_tracking_uri stays global in this process
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test (set_tracking_uri writes it too)
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
+    mlflow.set_tracking_uri(uri)
     choice = PrecisionChoice("bf16", "measured", {"fp32": 0.25, "bf16": 0.125})
     with mlflow.start_run() as run:
         callback = MlflowCallback()
