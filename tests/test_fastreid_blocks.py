@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anet.fastreid_losses import cross_entropy, triplet_loss
+from anet.losses.fastreid import cross_entropy, triplet_loss
 from anet.model import build_backbone, load_backbone_weights
 from anet.model.fastreid_blocks import FastReIDHead, GeneralizedMeanPooling, NonLocal, cls_outputs
 

@@ -114,7 +114,7 @@ def test_baseline_of_each_profile_equals_fastreids_own_baseline(profile: str, de
     from fastreid.modeling.meta_arch import build_model as fr_build_model
     from fastreid.utils.events import EventStorage
 
-    from anet.fastreid_losses import FastReIDCriterion
+    from anet.losses.fastreid import FastReIDCriterion
 
     cfg = load_config(profile, ["model.variant=baseline", "eval.feature=f", f"model.depth={depth}"])
     torch.manual_seed(0)

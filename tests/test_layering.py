@@ -22,7 +22,6 @@ ORDER: list[tuple[str, ...]] = [
     ("config",),
     ("model",),
     ("losses",),
-    ("fastreid_losses",),
     ("data",),
     ("train",),
     ("evaluation",),
@@ -33,7 +32,7 @@ ORDER: list[tuple[str, ...]] = [
     ("cli",),
     ("__main__",),
 ]
-CORE = ("errors", "io", "logs", "contract", "config", "model", "losses", "fastreid_losses", "data", "train", "evaluation", "synthetic")
+CORE = ("errors", "io", "logs", "contract", "config", "model", "losses", "data", "train", "evaluation", "synthetic")
 PROJECT = ("anet", "components", "pipelines")
 
 

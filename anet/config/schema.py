@@ -149,7 +149,7 @@ class LossCfg(_Frozen):
     lambda_a: float = Field(1.0, ge=0.0)
     lambda_g: float = Field(1.0, ge=0.0)
     lambda_van: float = Field(1.0, ge=0.0)
-    # form=fastreid: FastReID's CE smoothing and triplet (anet.fastreid_losses): triplet_margin 0 = soft
+    # form=fastreid: FastReID's CE smoothing and triplet (anet.losses.fastreid): triplet_margin 0 = soft
     # margin, hard mining or softmax-weighted mining, Euclidean or (norm_feat) cosine distances
     form: Literal["anet", "fastreid"] = "anet"
     triplet_hard_mining: bool = True

@@ -21,7 +21,7 @@ from torch import nn
 from anet.config import ExperimentConfig, StageCfg
 from anet.data.cache import PreparedDataset
 from anet.errors import UserError
-from anet.fastreid_losses import build_criterion
+from anet.losses.fastreid import build_criterion
 from anet.model import build_model
 from anet.train.callbacks import Callback
 from anet.train.data import attribute_classes, build_train_data

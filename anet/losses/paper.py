@@ -12,8 +12,8 @@ Conventions (Bag-of-Tricks, paper section 4.2):
   that pair. f is the frozen reference in stage two, so mining there gives fixed, meaningful
   "hard for f" pairs on which j must do better; mining independently in each space would compare
   distances of different pairs and the constraint would lose its meaning.
-* Under DDP the mined terms (``tri_f``, ``tri_j``, ``tri_g``, ``ac_tri``) see the GLOBAL batch, as in
-  FastReID and as the paper's batch argument needs: the embeddings, identities and attributes of every
+* Under DDP the mined terms (``tri_f``, ``tri_j``, ``tri_g``, ``ac_tri``) see the GLOBAL batch, as the
+  paper's batch argument needs (FastReID 1.4.0 has this gather commented out and mines per GPU): the embeddings, identities and attributes of every
   rank are all-gathered first (:func:`gather_global`), so a rank's anchors find positives and negatives
   in the other ranks' shares. The per-image terms (ID, attribute CE, AC_ID) stay on the local share:
   DDP's gradient average over equal shares already gives the global mean.

@@ -1,7 +1,7 @@
 """FastReID's loss functions (``fastreid.modeling.losses`` 1.4.0), equal on the same inputs.
 
 * :func:`cross_entropy` = ``cross_entropy_loss``: smoothing puts ``eps / (K - 1)`` on every wrong class
-  and ``1 - eps`` on the right one (not ``eps / K`` everywhere, as :func:`anet.losses.cross_entropy_ls`),
+  and ``1 - eps`` on the right one (not ``eps / K`` everywhere, as :func:`anet.losses.paper.cross_entropy_ls`),
   and divides the summed loss by the number of non-zero per-sample terms.
 * :func:`triplet_loss` = ``triplet_loss``: Euclidean (or, ``norm_feat``, cosine ``2 - 2 cos``) distances;
   ``hard_mining=True``: hardest positive (the anchor itself included, at distance 1e-6) and hardest
@@ -9,7 +9,7 @@
   ``margin > 0``: margin ranking, ``margin == 0``: soft margin ``log(1 + exp(d_ap - d_an))``, mean over
   the batch.
 
-:class:`FastReIDCriterion` is :class:`anet.losses.Criterion` (same term names, same lambdas, same AC
+:class:`FastReIDCriterion` is :class:`anet.losses.paper.Criterion` (same term names, same lambdas, same AC
 stage) with FastReID's forms for the identity terms: ``id_f`` / ``id_j`` are FastReID's CE on the
 head's classifier output (CircleSoftmax or scaled linear), ``tri_f`` / ``tri_j`` its triplet loss.
 The attribute terms stay ANet's (plain CE; L_tri^g batch-hard on attribute patterns, with the recipe's
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from anet.config import LossCfg, ModelCfg
 from anet.errors import UserError
-from anet.losses import Criterion, WeightedTerms, ac_id, ac_tri, attribute_ce, attribute_triplet
+from anet.losses.paper import Criterion, WeightedTerms, ac_id, ac_tri, attribute_ce, attribute_triplet
 from anet.model.anet import ANetOutput
 from anet.model.fastreid_blocks import cls_outputs
 
@@ -133,7 +133,7 @@ class FastReIDCriterion:
 
 def build_criterion(loss_cfg: LossCfg, model_cfg: ModelCfg, amelioration: bool = False
                     ) -> Callable[[ANetOutput, torch.Tensor, Mapping[str, torch.Tensor]], WeightedTerms]:
-    """``loss.form``'s criterion: ANet's :class:`~anet.losses.Criterion` or :class:`FastReIDCriterion`."""
+    """``loss.form``'s criterion: ANet's :class:`~anet.losses.paper.Criterion` or :class:`FastReIDCriterion`."""
     if loss_cfg.form == "fastreid":
         return FastReIDCriterion(loss_cfg, model_cfg, amelioration)
     return Criterion(loss_cfg, amelioration=amelioration)
