@@ -20,9 +20,8 @@ from anet.config import EvalCfg, load_config
 from anet.config.schema import RerankCfg
 from anet.errors import UserError
 from anet.evaluation.knn import knn_graph
-from anet.evaluation.protocols import evaluate_dataset_full, vehicleid_split
+from anet.evaluation.protocols import evaluate_dataset_full, rerank_dataset, vehicleid_split
 from anet.evaluation.rerank import rerank_distances, rerank_metrics
-from anet.evaluation.rerank_protocols import rerank_dataset
 from anet.steps.evaluate_step import _eval_report
 
 
@@ -128,7 +127,7 @@ def test_veriwild_style_sets_equal_reference(ref):
     frame, feats = _qg_frame(("small", "large"))
     cfg = EvalCfg(max_rank=10, block_size=16, veriwild_sets=("small", "large"))
     plain, _ = evaluate_dataset_full(frame, feats, "veriwild", cfg)
-    got, curves = rerank_dataset(frame, feats, "veriwild", cfg, sets=list(plain))
+    got, curves = rerank_dataset(frame, feats, "veriwild", cfg)
     assert list(got) == ["small", "large"] and len(curves["large"]) == 10
     x = _unit(feats)
     for ts in ("small", "large"):
@@ -149,7 +148,7 @@ def test_vehicleid_style_trials_equal_reference(ref):
                           for v in range(40) for _ in range(5)])
     feats = (gen.normal(size=(40, 16))[frame["vid"].astype(int)] + 1.3 * gen.normal(size=(200, 16))).astype(np.float32)
     cfg = EvalCfg(vehicleid_trials=3, vehicleid_sets=("800",), max_rank=10)
-    got, _ = rerank_dataset(frame, feats, "vehicleid", cfg, sets=["800"], seed=7)
+    got, _ = rerank_dataset(frame, feats, "vehicleid", cfg, seed=7)
     x, vids = _unit(feats), frame["vid"].to_numpy()
     maps, r1s = [], []
     for trial in range(3):

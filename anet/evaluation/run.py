@@ -23,8 +23,7 @@ from anet.data.cache import PreparedDataset
 from anet.data.loader import iter_eval_batches
 from anet.evaluation import report
 from anet.evaluation.features import extract_features
-from anet.evaluation.protocols import evaluate_dataset_full, vehicleid_split
-from anet.evaluation.rerank_protocols import rerank_dataset
+from anet.evaluation.protocols import evaluate_dataset_full, rerank_dataset, vehicleid_split
 from anet.model.checkpoint_io import load_model_from_checkpoint
 from anet.train.runtime import resolve_device
 
@@ -77,7 +76,7 @@ def evaluate_checkpoint(
     dataset = prepared.manifest.dataset
     results, curves = evaluate_dataset_full(rows, feats, dataset, full.eval, seed=full.runtime.seed)
     if full.eval.rerank.enabled:  # beside the plain metrics as "rerank/<metric>", never instead of them
-        extra, extra_curves = rerank_dataset(rows, feats, dataset, full.eval, list(results), full.runtime.seed)
+        extra, extra_curves = rerank_dataset(rows, feats, dataset, full.eval, full.runtime.seed)
         results = {s: {**m, **extra[s]} for s, m in results.items()}
         curves.update({f"{s} (re-ranked)": c for s, c in extra_curves.items()})
     files = write_reports(results, curves, rows, feats, prepared.images, dataset, full.eval, Path(out_dir),
