@@ -17,11 +17,11 @@ import os
 import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOGGERS = ("anet", "pipelines")
+LOGGERS = ("anet", "pipelines", "bench")
 
 
 def setup_logging(level: str | None = None) -> None:
-    """Let ``anet``/``pipelines`` INFO records reach stderr, once (idempotent)."""
+    """Let ``anet``/``pipelines``/``bench`` INFO records reach stderr, once (idempotent)."""
     chosen = (level or os.environ.get("ANET_LOG_LEVEL") or "INFO").upper()
     for name in LOGGERS:
         logging.getLogger(name).setLevel(chosen)
