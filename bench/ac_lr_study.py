@@ -112,8 +112,8 @@ def _stage_one_val(one_dir: Path, metrics: dict[str, float], cfg: ExperimentConf
     elif path.is_file():
         metrics = json.loads(path.read_text())
     else:  # finished before val.json existed: evaluate its final weights
-        from anet.train.stage import build_model_for
         from anet.train.checkpoint import load_weights
+        from anet.train.stage import build_model_for
 
         model = build_model_for(cfg, prepared)
         load_weights(model, one_dir / "final.pt")
