@@ -51,7 +51,8 @@ def test_every_row_resolves_to_what_it_claims():
         assert (cfg.stage_two.epochs > 0) == (row.stages in ("both", "two_no_ac")), row.key
         assert has_joint or cfg.eval.feature in ("f", "fa"), row.key
     with pytest.raises(ConfigError, match="eval.feature='j' does not exist"):
-        row_config("smoke", "synthetic", {}, Row("bad", "VAN (j)", {"model.variant": "van"}, "one_total"))
+        row_config("smoke", "synthetic", {}, Row("bad", "VAN (j)", {"model.variant": "van", "eval.feature": "j"},
+                                                       "one_total"))
 
 
 def test_table_3_rows_differ_in_attribute_branch_type_only():

@@ -43,8 +43,18 @@ def test_model_selection_reads_the_validation_split_unless_told_otherwise():
 
 def test_a_variant_is_never_evaluated_on_a_feature_it_lacks():
     with pytest.raises(ConfigError, match="eval.feature='j' does not exist for model.variant='van'"):
-        load_config("smoke", ["model.variant=van"])
+        load_config("smoke", ["model.variant=van", "eval.feature=j"])  # given explicitly: refused, not replaced
     assert load_config("smoke", ["model.variant=van", "eval.feature=fa"]).eval.feature == "fa"
+
+
+def test_a_model_without_the_joint_module_implies_no_stage_two_and_f():
+    plain = load_config("smoke", ["model.variant=baseline"])
+    assert (plain.eval.feature, plain.stage_two.epochs, plain.stage_two.amelioration, plain.stage_two.freeze_f) == \
+        ("f", 0, False, False)
+    assert load_config("smoke", ["model.variant=van"]).eval.feature == "f"
+    assert load_config("smoke").stage_two.epochs > 0  # ANet keeps its stage two
+    with pytest.raises(ConfigError, match="stage_two.amelioration \\(AC\\) trains the joint module"):
+        load_config("smoke", ["model.variant=baseline", "stage_two.epochs=2", "stage_two.amelioration=true"])
 
 
 def test_dotted_overrides_parse_values():

@@ -57,8 +57,8 @@ def test_fastreid_profile_trains_both_stages_on_its_layout(tmp_path: Path, datas
 
 @pytest.mark.parametrize("profile", ["veri776-fastreid", "veriwild-fastreid", "vehicleid-fastreid"])
 def test_baseline_override_is_plain_fastreid(profile: str) -> None:
-    cfg = load_config(profile, ["model.variant=baseline", "eval.feature=f", "stage_two.epochs=0",
-                                "stage_two.amelioration=false", "stage_two.freeze_f=false", "model.depth=18"])
+    cfg = load_config(profile, ["model.variant=baseline", "model.depth=18"])  # one switch: the paper's two rows
+    assert (cfg.eval.feature, cfg.stage_two.epochs) == ("f", 0)  # plain FastReID: one stage, the f feature
     model = build_model(cfg.model, num_ids=5, attr_classes={"color": 3, "type": 2})
     assert isinstance(model.f_head, FastReIDHead) and model.joint is None and not model.attr_branches
     assert model.f_head.cls == cfg.model.head.cls_layer and model.f_head.neck_feat == cfg.model.head.neck_feat

@@ -131,10 +131,40 @@ def resolve_config(profile: str, overrides: Mapping[str, Any] | None = None, set
         items["data.cache_dir"] = cache_root
     for key, value in items.items():
         _set_dotted(raw, key, value)
+    implied = variant_implies(raw, items)
+    for key, value in implied.items():
+        _set_dotted(raw, key, value)
     from_settings = settings.as_overrides() if settings is not None else {}
     origins = {key: ("run setting" if key in from_settings else "command line" if key in (overrides or {})
                      else "run location", value) for key, value in items.items()}
+    origins.update({key: (f"implied by model.variant={raw['model']['variant']}", v) for key, v in implied.items()})
     return validate(ExperimentConfig, raw, source=str(path), origins=origins)
+
+
+# a model without the joint module (Baseline, VAN) has no j and nothing for stage two's AC to train
+NO_JOINT_MODULE = ("baseline", "van")
+PLAIN_STAGES = {"stage_two.epochs": 0, "stage_two.amelioration": False, "stage_two.freeze_f": False}
+
+
+def variant_implies(raw: Mapping[str, Any], explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``model.variant`` baseline or van implies for the keys not set explicitly (``explicit``).
+
+    One switch turns an ANet profile into its plain model (``model.variant=baseline`` of a
+    ``*-fastreid`` profile is FastReID itself, the paper's "FastReid" rows): no stage two (AC needs the
+    joint module) and evaluation on f where the profile evaluates j. A key given on the command line,
+    as a run setting or by the caller wins, and is then checked as given (e.g. ``eval.feature=j``
+    with ``model.variant=baseline`` is refused, never replaced).
+
+    Example:
+        >>> variant_implies({"model": {"variant": "baseline"}, "eval": {"feature": "j"}}, {})["eval.feature"]
+        'f'
+    """
+    if (raw.get("model") or {}).get("variant", "anet") not in NO_JOINT_MODULE:
+        return {}
+    implied = {key: value for key, value in PLAIN_STAGES.items() if key not in explicit}
+    if "eval.feature" not in explicit and (raw.get("eval") or {}).get("feature", "j") == "j":
+        implied["eval.feature"] = "f"
+    return implied
 
 
 def _read_profile(path: Path) -> dict[str, Any]:

@@ -286,6 +286,10 @@ class ExperimentConfig(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         _check_feature(self.model.variant, self.eval.feature)
+        if self.model.variant in ("baseline", "van") and self.stage_two.epochs and self.stage_two.amelioration:
+            raise ValueError(f"stage_two.amelioration (AC) trains the joint module, which model.variant="
+                             f"{self.model.variant!r} does not have: set stage_two.epochs=0 or "
+                             "stage_two.amelioration=false")
         if self.model.head.cls_layer == "circle" and self.loss.form != "fastreid":
             raise ValueError("model.head.cls_layer=circle gives cosine logits that only loss.form=fastreid "
                              "turns into CircleSoftmax logits: set loss.form=fastreid")
