@@ -40,7 +40,8 @@ from anet.logs import setup_logging
 from anet.mlops.tracking.lineage import git_commit
 from anet.steps.prepare import prepare_from_config
 from anet.train.callbacks import Callback
-from anet.train.stage import run_stage
+from anet.train.checkpoint import load_weights
+from anet.train.stage import build_model_for, run_stage
 from pipelines.ablation_report import replace_in_readme
 from pipelines.ablation_runs import cpu_model
 from pipelines.ablation_stats import paired_difference
@@ -112,9 +113,6 @@ def _stage_one_val(one_dir: Path, metrics: dict[str, float], cfg: ExperimentConf
     elif path.is_file():
         metrics = json.loads(path.read_text())
     else:  # finished before val.json existed: evaluate its final weights
-        from anet.train.checkpoint import load_weights
-        from anet.train.stage import build_model_for
-
         model = build_model_for(cfg, prepared)
         load_weights(model, one_dir / "final.pt")
         metrics = make_eval_fn(cfg, prepared)(model)
