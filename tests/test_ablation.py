@@ -196,3 +196,13 @@ def test_smoke_grid_writes_runs_csv_resumes_and_reports(tmp_path, monkeypatch):
     assert main(args) == 0  # resumes: nothing runs again
     assert len(read_runs(tmp_path / "out" / "ablation-smoke" / "runs.csv")) == len(rows)
     assert os.path.getsize(Path(tmp_path / "out" / "ablation-smoke" / "ablation.png")) > 0
+
+
+def test_fastreid_recipe_row_changes_the_recipe_only_not_the_budget():
+    changed = _differences("synthetic-wild", "anet", "anet_fastreid")
+    assert changed and all(k.split(".")[0] in ("augment", "model", "loss", "stage_one", "stage_two") for k in changed)
+    budget = ("stage_one.epochs", "stage_two.epochs", "stage_one.milestones", "model.depth", "model.variant",
+              "data.image_size", "data.p_ids", "data.k_imgs", "runtime.precision", "stage_two.freeze_f",
+              "stage_two.amelioration")
+    assert not set(budget) & set(changed), set(budget) & set(changed)
+    assert changed["model.head.kind"] == ("anet", "fastreid") and changed["loss.form"] == ("anet", "fastreid")
