@@ -21,9 +21,10 @@ dotted config keys, e.g. ``{"stage_two.epochs": 0}``) and any of the typed run s
 by :class:`anet.config.RunSettings` (``lambda_a``, ``lambda_g``, ``lambda_van``, ``lr``, ...; omitted:
 the profile's value), and leaves ``config_json`` empty; the prepare step resolves them into the
 config once. A driver (``pipelines.run``, the sweep, the ablation) resolves the config itself and
-passes ``config_json`` alone (kfp.local, which cannot leave a parameter unset, gets each setting's
-value from that config; the prepare step refuses one that disagrees). Either way every later step
-reads the config's JSON, and ``lambda_g`` ends up as ``cfg.loss.lambda_g`` in ``anet.losses.Criterion``.
+passes ``config_json`` alone, leaving the settings unset (the prepare step refuses both at once); the
+DAG for kfp.local has no run settings at all. Either way every later step reads the config's JSON,
+and ``lambda_g`` ends up as ``cfg.loss.lambda_g`` in ``anet.losses.Criterion``. The settings are not
+listed here: :func:`make_pipeline` spells them out from ``RunSettings``.
 
 Example:
     >>> from pipelines.dag import anet_dag, anet_pipeline, make_pipeline
@@ -31,14 +32,13 @@ Example:
 """
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects
-import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from kfp import dsl, kubernetes
 
-from anet.config import RunSettings
 from anet.contract import (
     CACHE_PVC,
     CHECKPOINT_ROOT,
@@ -52,8 +52,9 @@ from anet.contract import (
     SHM_SIZE,
 )
 from components.evaluate import evaluate
-from components.prepare_data import prepare_data
+from components.prepare_data import prepare_data, prepare_resolved
 from components.register_model import register_model
+from components.run_settings import run_setting_parameters
 from components.train import train
 from pipelines.trainjob import node_settings
 
@@ -143,18 +144,10 @@ def _train_settings(task: dsl.PipelineTask, cache_pvc: str, display_name: str, s
 
 def anet_dag(
     shape: TrainShape,
+    prepare: Callable[..., dsl.PipelineTask],
     dataset: str = "synthetic",
     profile: str = "synthetic",
     overrides: dict = {},
-    # the run settings: exactly anet.config.RunSettings' fields (tests/test_pipeline_compile.py checks)
-    lambda_a: Optional[float] = None,
-    lambda_g: Optional[float] = None,
-    lambda_van: Optional[float] = None,
-    lr: Optional[float] = None,
-    epochs: Optional[int] = None,
-    eval_every: Optional[int] = None,
-    seed: Optional[int] = None,
-    promotion_margin: Optional[float] = None,
     config_json: Optional[str] = None,
     mlflow_parent_run_id: Optional[str] = None,
     trial: dict = {},
@@ -162,15 +155,16 @@ def anet_dag(
     cache_root: str = CLUSTER_CACHE_ROOT,
     cache_pvc: str = CACHE_PVC,
     promote: bool = True,
+    **run_settings: Any,
 ) -> str:
-    """The DAG; ``make_pipeline`` binds ``shape`` and kfp sees every other parameter.
+    """The DAG; ``make_pipeline`` binds ``shape`` and ``prepare`` and kfp sees every other parameter.
 
-    Omitted run settings keep the profile's value; ``overrides`` maps dotted config keys to values.
+    ``run_settings`` are the typed run settings (:class:`anet.config.RunSettings`' fields, unset: the
+    profile's value), handed to ``prepare`` by name; ``overrides`` maps dotted config keys to values.
     """
-    settings = {name: value for name, value in locals().items() if name in RunSettings.model_fields}
-    prep = prepare_data(
+    prep = prepare(
         profile=profile, dataset=dataset, overrides=overrides, cache_root=cache_root, config_json=config_json,
-        data_root=data_root, mlflow_parent_run_id=mlflow_parent_run_id, **settings,
+        data_root=data_root, mlflow_parent_run_id=mlflow_parent_run_id, **run_settings,
     ).set_display_name("prepare data")
     _platform(prep, cache_pvc, SECRETS, cpu="2", memory="8G")
     resolved = prep.outputs["config_json"]
@@ -198,16 +192,27 @@ def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | No
     """The pipeline :func:`anet_dag` with ``gpus`` per train task (> 1 runs DDP via torchrun); ``nodes``
     > 1 trains each stage as a Kubeflow Trainer TrainJob of ``nodes`` x ``gpus`` (docker/README.md).
 
-    ``cluster=False`` drops the retry policy (kfp.local honours it, with its backoff, and locally a
-    failing step must stop the run at once) and the PVC checkpoint root (no PVC exists there). Every
-    other platform setting is ignored by kfp.local.
+    Its signature is :func:`anet_dag`'s with ``**run_settings`` spelled out, one typed optional
+    parameter per field of :class:`anet.config.RunSettings` (:func:`components.run_settings.run_setting_parameters`).
+    ``cluster=False`` is the DAG for kfp.local: no run settings (its driver passes ``config_json``,
+    and kfp.local 2.17 can run neither a DAG nor a task with an unset optional parameter), no retry
+    policy (kfp.local honours it, with its backoff, and locally a failing step must stop the run at
+    once) and no PVC checkpoint root (no PVC exists there). kfp.local ignores every other platform setting.
     """
     shape = TrainShape(gpus=gpus, retries=2 if cluster else 0, placement=placement or Placement(), nodes=nodes,
                        checkpoint_root=CHECKPOINT_ROOT if cluster else None)
-    bound = functools.partial(anet_dag, shape)  # kfp reads the signature without ``shape``
-    bound.__name__, bound.__doc__ = "anet_pipeline", anet_dag.__doc__  # type: ignore[attr-defined]
+    prepare = prepare_data if cluster else prepare_resolved
+    fixed = [p for p in inspect.signature(anet_dag).parameters.values()
+             if p.name not in ("shape", "prepare") and p.kind is not p.VAR_KEYWORD]
+    signature = inspect.Signature(fixed + (run_setting_parameters() if cluster else []), return_annotation=str)
+
+    def anet_pipeline(*args: Any, **kwargs: Any) -> str:  # kfp passes its channels in signature order
+        return anet_dag(shape, prepare, **signature.bind(*args, **kwargs).arguments)
+
+    anet_pipeline.__signature__ = signature  # type: ignore[attr-defined]
+    anet_pipeline.__doc__ = anet_dag.__doc__
     return dsl.pipeline(name=PIPELINE_NAME, description="AttributeNet vehicle re-ID: prepare, two-stage "
-                        "training, evaluation, MLflow registration with champion/challenger promotion")(bound)
+                        "training, evaluation, MLflow registration with champion/challenger promotion")(anet_pipeline)
 
 
 anet_pipeline = make_pipeline()

@@ -35,14 +35,7 @@ from typing import Any
 from kfp import local
 
 from anet import steps
-from anet.config import (
-    RUN_SETTING_KEYS,
-    ExperimentConfig,
-    RunSettings,
-    config_value,
-    parse_overrides,
-    resolve_config,
-)
+from anet.config import ExperimentConfig, RunSettings, parse_overrides, resolve_config
 from anet.contract import CLUSTER_CACHE_ROOT
 from anet.errors import UserError, run_guarded
 from anet.logs import setup_logging
@@ -88,8 +81,7 @@ def run_pipeline(dataset: str = "synthetic", profile: str | None = None, overrid
                 if client is not None:
                     outcome = run_on_cluster(client, arguments, cfg.registry.primary_metric, parent, echo)
                 else:
-                    outcome = _run_locally({**arguments, **kfp_local_settings(cfg)}, cfg.registry.primary_metric,
-                                           parent, Path(pipeline_root), echo)
+                    outcome = _run_locally(arguments, cfg.registry.primary_metric, parent, Path(pipeline_root), echo)
         except BaseException as exc:  # interrupted, or the runner itself broke: never leave the run RUNNING
             status = "killed" if tracking.run_status(exc) == "KILLED" else "failed"
             steps.finish_pipeline_run(parent, status, {"error": f"{type(exc).__name__}: {exc}"[:500]})
@@ -137,18 +129,10 @@ def _run_config(cfg: ExperimentConfig, on_cluster: bool) -> ExperimentConfig:
 def dag_arguments(cfg: ExperimentConfig, profile: str, parent: str, trial: dict[str, Any] | None,
                   promote: bool) -> dict[str, Any]:
     """The DAG's parameters for a driver-resolved config: its JSON, once; the run settings stay unset
-    (they are in the config already). kfp.local adds them back: :func:`kfp_local_settings`."""
+    (they are in the config already; the DAG for kfp.local has none)."""
     return {"dataset": cfg.data.dataset, "profile": profile, "overrides": {}, "config_json": cfg.to_json(),
             "mlflow_parent_run_id": parent, "trial": dict(trial or {}), "data_root": cfg.data.root,
             "cache_root": cfg.data.cache_dir, "promote": bool(promote)}
-
-
-def kfp_local_settings(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Every run setting with the config's own value: kfp.local (2.17) cannot run a DAG or a task with
-    an unset optional parameter ("Unknown value type"), and refuses ``None`` as an argument. The
-    prepare step reads ``config_json`` and refuses a setting that disagrees with it (at the setting's
-    first key, the one it is read back from)."""
-    return {name: config_value(cfg, keys[0]) for name, keys in RUN_SETTING_KEYS.items()}
 
 
 def _check_endpoints() -> str:

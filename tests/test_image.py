@@ -126,6 +126,10 @@ def test_non_root_user_writes_launcher_roots_and_the_pvc_after_its_init(image, p
         assert all(after[d] == "ok" for d in ROOTS if d != "/home/anet" or user == "1000:0"), (user, after)
 
 
+UI_SETTINGS = {"lambda_g": 0.35, "seed": 7}  # typed run settings, as set in the Kubeflow UI (float and int)
+UI_CONFIG = {"loss.lambda_g": "0.35", "runtime.seed": "7"}  # where they land in the resolved config
+
+
 def _run_smoke(image: str, pvc: Path, tmp_path: Path) -> tuple[list, list, dict]:
     """The compiled default (KFP >= 2.15) form, task by task, against a real MLflow server."""
     from mlflow import MlflowClient
@@ -147,12 +151,18 @@ def _run_smoke(image: str, pvc: Path, tmp_path: Path) -> tuple[list, list, dict]
                                "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}}
         start = time.monotonic()
         try:
-            runs = run_pipeline(ir, {"profile": "smoke", "dataset": "synthetic"}, runner, secrets, tmp_path / "store")
+            runs = run_pipeline(ir, {"profile": "smoke", "dataset": "synthetic", **UI_SETTINGS}, runner, secrets,
+                                tmp_path / "store")
         except RuntimeError as exc:
             failed = sorted(logs.glob("*.log"), key=lambda p: p.stat().st_mtime)[-1]
             pytest.fail(f"{exc}\n{failed.read_text()[-4000:]}")
         timing = {"wall_s": round(time.monotonic() - start, 1), **{k: round(v, 1) for k, v in runner.seconds.items()}}
-        versions = MlflowClient(url).search_model_versions()
+        client = MlflowClient(url)
+        versions = client.search_model_versions()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        parents = client.search_runs(experiments, filter_string="tags.`anet.kind` = 'pipeline'")
+        assert len(parents) == 1 and {k: parents[0].data.params[k] for k in UI_CONFIG} == UI_CONFIG, \
+            "a typed run setting set in the UI should reach the resolved config"
     return runs, versions, timing
 
 

@@ -169,29 +169,80 @@ def test_compile_cli_places_train_tasks_and_names_the_image_every_task_runs(tmp_
 
 
 def test_dag_and_prepare_component_carry_exactly_the_declared_run_settings(compiled):
-    """RunSettings is the one declaration: the DAG's signature, the prepare component's parameters and
-    the compiled IR's inputs name every run setting with its type, optional and unset by default."""
+    """RunSettings is the one declaration: the compiled DAG's inputs, the prepare task's wiring, its
+    component's inputs and the source the container runs (read as kfp's executor reads it) name every
+    run setting with its type, optional and unset by default; the DAG for kfp.local has none."""
     import inspect
-    from typing import get_args
+    from typing import Optional, get_args
 
     from anet.config import RUN_SETTING_KEYS, RunSettings, config_value, resolve_config
-    from components.prepare_data import prepare_data
-    from pipelines.dag import anet_dag
+    from pipelines.dag import local_pipeline
 
-    declared = {name: set(get_args(f.annotation)) for name, f in RunSettings.model_fields.items()}
-    for where, func in (("pipelines/dag.py anet_dag", anet_dag), ("components/prepare_data.py", prepare_data.python_func)):
-        params = inspect.signature(func).parameters
-        found = {n: set(get_args(p.annotation)) for n, p in params.items() if n in declared}
-        assert found == declared, f"{where}: run settings drifted from anet.config.RunSettings"
-        assert all(params[n].default is None for n in declared), where
-    _, ir, _ = compiled
-    inputs = ir["root"]["inputDefinitions"]["parameters"]
+    declared = {name: next(t for t in get_args(f.annotation) if t is not type(None))
+                for name, f in RunSettings.model_fields.items()}
     kinds = {float: "NUMBER_DOUBLE", int: "NUMBER_INTEGER"}
-    for name, types in declared.items():
-        (kind,) = types - {type(None)}
-        assert inputs[name] == {"isOptional": True, "parameterType": kinds[kind]}, name
+    _, ir, _ = compiled
+    prepare = ir["root"]["dag"]["tasks"]["prepare-data"]
+    component = ir["components"][prepare["componentRef"]["name"]]["inputDefinitions"]["parameters"]
+    for name, kind in declared.items():
+        assert ir["root"]["inputDefinitions"]["parameters"][name] == {"isOptional": True, "parameterType": kinds[kind]}
+        assert component[name] == {"isOptional": True, "parameterType": kinds[kind]}, name
+        assert prepare["inputs"]["parameters"][name] == {"componentInputParameter": name}, name
+    # what the container runs: the command's embedded source, loaded as kfp.dsl.executor_main loads it
+    executor = ir["deploymentSpec"]["executors"][prepare["componentRef"]["name"].replace("comp-", "exec-")]
+    namespace: dict = {}
+    program = compile(executor["container"]["command"][3], "ephemeral_component.py", "exec", dont_inherit=True)
+    exec(program, namespace)  # the compiled component's own source
+    annotations = inspect.getfullargspec(namespace["prepare_data"]).annotations
+    assert {n: annotations.get(n) for n in declared} == {n: Optional[k] for n, k in declared.items()}  # noqa: UP045
+
+    local = local_pipeline.pipeline_spec
+    assert not set(declared) & set(local.root.input_definitions.parameters)
+    local_prepare = local.components[local.root.dag.tasks["prepare-data"].component_ref.name]
+    assert not set(declared) & set(local_prepare.input_definitions.parameters)
     cfg = resolve_config("smoke")  # every declared key exists in the config, at any depth
     assert all(config_value(cfg, key) is not None for keys in RUN_SETTING_KEYS.values() for key in keys)
+
+
+def test_a_new_run_setting_is_one_field(tmp_path):
+    """The generation itself: a field added to the declaration becomes a typed parameter of the pipeline
+    and of a component, reaches the component's body by name, and compiles; misuse fails at import."""
+    from kfp import compiler, dsl
+    from pydantic import BaseModel
+
+    from components.run_settings import run_setting_parameters, with_run_settings
+
+    class Settings(BaseModel):
+        lambda_g: float | None = None
+        margin: int | None = None  # the "new" one
+
+    def step(
+        name: str,
+        **run_settings,
+    ) -> str:
+        given = dict(locals())
+        return f"{given['name']} {given['lambda_g']} {given['margin']}"
+
+    generated = with_run_settings(step, Settings)
+    assert generated("x", margin=3) == "x None 3"
+    assert [(p.name, p.default) for p in run_setting_parameters(Settings)] == [("lambda_g", None), ("margin", None)]
+    component = dsl.component(base_image="python:3.11", install_kfp_package=False)(generated)
+    assert component.component_spec.inputs["margin"].type == "Integer" and component.component_spec.inputs["margin"].optional
+    compiler.Compiler().compile(component, str(tmp_path / "c.yaml"))
+    assert "margin: Optional[int] = None" in (tmp_path / "c.yaml").read_text()
+    assert with_run_settings(step, None).__code__.co_varnames[:2] == ("name", "given")
+
+    class Bad(BaseModel):
+        ratio: list | None = None
+
+    with pytest.raises(TypeError, match="Bad.ratio"):
+        run_setting_parameters(Bad)
+
+    def unmarked(name: str) -> str:
+        return name
+
+    with pytest.raises(ValueError, match="unmarked"):
+        with_run_settings(unmarked, Settings)
 
 
 def test_the_image_provides_what_the_contract_names():

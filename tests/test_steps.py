@@ -27,10 +27,13 @@ def test_resolve_config_applies_dataset_and_locations(tmp_path):
     assert cfg.loss.lambda_g == 2.0 and cfg.data.image_size == (32, 32)
 
 
-def test_prepare_refuses_parameters_that_disagree_with_config_json(tmp_path):
-    cfg_json = resolve_config("smoke", {}).to_json()
-    with pytest.raises(UserError, match="lambda_g"):
+def test_prepare_refuses_parameters_beside_a_resolved_config_json(tmp_path):
+    cfg = resolve_config("smoke", {})
+    cfg_json = cfg.to_json()
+    with pytest.raises(UserError, match="lambda_g=3.0"):
         steps.prepare_data(str(tmp_path / "out"), config_json=cfg_json, settings=RunSettings(lambda_g=3.0))
+    with pytest.raises(UserError, match="leave the run settings unset"):  # even one that agrees: no read-back
+        steps.prepare_data(str(tmp_path / "out"), config_json=cfg_json, settings=RunSettings(seed=cfg.runtime.seed))
     with pytest.raises(UserError, match="overrides"):
         steps.prepare_data(str(tmp_path / "out"), config_json=cfg_json, overrides={"loss.lambda_g": 3.0})
     assert not (tmp_path / "out").exists()

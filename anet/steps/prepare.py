@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from anet.config import RUN_SETTING_KEYS, ExperimentConfig, RunSettings, config_value, resolve_config
+from anet.config import ExperimentConfig, RunSettings, resolve_config
 from anet.data.cache import PreparedDataset, prepare_dataset
 from anet.data.manifest import Manifest
 from anet.data.readers import read_dataset
@@ -87,9 +87,8 @@ def step_config(config_json: str | None, profile: str, dataset: str | None, over
                 settings: RunSettings | None, data_root: str | None, cache_root: str | None) -> ExperimentConfig:
     """The run's config: the JSON a driver resolved, or the profile + typed parameters (a UI run).
 
-    With ``config_json``, the config is that JSON: a run setting given beside it (kfp.local needs every
-    parameter, :func:`pipelines.run.kfp_local_settings`) must agree with the value at its first config
-    key; ``overrides`` must be empty.
+    With ``config_json``, the config is that JSON, and nothing beside it may change it: ``overrides``
+    must be empty and every run setting unset (a driver resolves them into the JSON).
     """
     if not config_json:
         return resolve_config(profile, overrides, settings, dataset=dataset, data_root=data_root,
@@ -97,11 +96,10 @@ def step_config(config_json: str | None, profile: str, dataset: str | None, over
     cfg = ExperimentConfig.from_json(config_json)
     if overrides:
         raise UserError("prepare: config_json is already resolved; pass overrides to the driver instead")
-    for name, value in (settings.model_dump(exclude_none=True) if settings else {}).items():
-        key = RUN_SETTING_KEYS[name][0]  # a setting reads back from its first key (eval_every: stage_one's)
-        if config_value(cfg, key) != value:
-            raise UserError(f"prepare: parameter {name}={value!r} disagrees with config_json ({key}="
-                            f"{config_value(cfg, key)!r}); leave it unset or pass it to the driver instead")
+    given = settings.model_dump(exclude_none=True) if settings else {}
+    if given:
+        raise UserError(f"prepare: config_json is already resolved; leave the run settings unset "
+                        f"({', '.join(f'{k}={v!r}' for k, v in given.items())}) or leave config_json empty")
     return cfg
 
 
