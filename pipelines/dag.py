@@ -195,9 +195,10 @@ def make_pipeline(gpus: int = 1, cluster: bool = True, placement: Placement | No
     Its signature is :func:`anet_dag`'s with ``**run_settings`` spelled out, one typed optional
     parameter per field of :class:`anet.config.RunSettings` (:func:`components.run_settings.run_setting_parameters`).
     ``cluster=False`` is the DAG for kfp.local: no run settings (its driver passes ``config_json``,
-    and kfp.local 2.17 can run neither a DAG nor a task with an unset optional parameter), no retry
-    policy (kfp.local honours it, with its backoff, and locally a failing step must stop the run at
-    once) and no PVC checkpoint root (no PVC exists there). kfp.local ignores every other platform setting.
+    and kfp.local 2.17 can run neither a DAG with an unset optional parameter nor a task with an unset
+    optional integer), no retry policy (kfp.local honours it, with its backoff, and locally a failing
+    step must stop the run at once) and no PVC checkpoint root (no PVC exists there). kfp.local
+    ignores every other platform setting.
     """
     shape = TrainShape(gpus=gpus, retries=2 if cluster else 0, placement=placement or Placement(), nodes=nodes,
                        checkpoint_root=CHECKPOINT_ROOT if cluster else None)
