@@ -56,8 +56,8 @@ def with_run_settings(func: Callable[..., Any], model: type[BaseModel] | None = 
     if len(marked) != 1:
         raise ValueError(f"{func.__qualname__}: write `{MARKER}` once, on its own line, as the last parameter")
     indent = lines[marked[0]][: len(lines[marked[0]]) - len(lines[marked[0]].lstrip())]
-    typed = [f"{indent}{name}: Optional[{_kind(model, name).__name__}] = None,\n" for name in model.model_fields] \
-        if model is not None else []
+    typed = [f"{indent}{p.name}: Optional[{get_args(p.annotation)[0].__name__}] = None,\n"
+             for p in (run_setting_parameters(model) if model is not None else [])]
     source = "".join(lines[: marked[0]] + typed + lines[marked[0] + 1:])
     filename = f"<{func.__module__}.{func.__qualname__} with run settings {'from ' + model.__name__ if model else 'none'}>"
     namespace: dict[str, Any] = {"Optional": Optional, **func.__globals__}

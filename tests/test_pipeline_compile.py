@@ -207,6 +207,8 @@ def test_dag_and_prepare_component_carry_exactly_the_declared_run_settings(compi
 def test_a_new_run_setting_is_one_field(tmp_path):
     """The generation itself: a field added to the declaration becomes a typed parameter of the pipeline
     and of a component, reaches the component's body by name, and compiles; misuse fails at import."""
+    import inspect
+
     from kfp import compiler, dsl
     from pydantic import BaseModel
 
@@ -230,7 +232,7 @@ def test_a_new_run_setting_is_one_field(tmp_path):
     assert component.component_spec.inputs["margin"].type == "Integer" and component.component_spec.inputs["margin"].optional
     compiler.Compiler().compile(component, str(tmp_path / "c.yaml"))
     assert "margin: Optional[int] = None" in (tmp_path / "c.yaml").read_text()
-    assert with_run_settings(step, None).__code__.co_varnames[:2] == ("name", "given")
+    assert list(inspect.signature(with_run_settings(step, None)).parameters) == ["name"]  # the line dropped
 
     class Bad(BaseModel):
         ratio: list | None = None
